@@ -1,0 +1,300 @@
+"""The manifest: one row per radiograph, validated into labelled, split, pseudonymised image rows.
+
+Schema: data_manifests/README.md. Row numbers in rejects are line numbers of the CSV (header = 1),
+as a spreadsheet shows them. Problems with one row reject that row with its column and reason;
+problems with the whole file (missing columns) raise ManifestError.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from bnp_cxr import labs as labs_mod
+from bnp_cxr.labs import LabValueError, PositivityThresholds
+from bnp_cxr.privacy import pseudonymize, resolve_salt, unit_interval_hash
+
+REQUIRED_COLUMNS = ("patient_id", "image_path", "study_datetime")
+LAB_COLUMNS = ("bnp", "bnpp")
+OPTIONAL_COLUMNS = ("lab_datetime", "view", "lung_mask_path", "component_mask_path", "split")
+SPLITS = ("train", "val", "test")
+LATERAL_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT"})
+FIRST_DATA_ROW = 2
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be used (unreadable, missing columns, conflicting label sources)."""
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Patient-level split fractions (train, val, test) and the key of the deterministic split hash."""
+
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    key: str = "bnp-cxr-split-v1"
+
+    def split_of(self, patient_id: str) -> str:
+        """The split of a patient: the same patient always lands in the same split."""
+        if not math.isclose(sum(self.fractions), 1.0) or min(self.fractions) < 0:
+            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {self.fractions}")
+        bucket = unit_interval_hash(patient_id, self.key)
+        edge = 0.0
+        for name, fraction in zip(SPLITS, self.fractions):
+            edge += fraction
+            if bucket < edge:
+                return name
+        return SPLITS[-1]
+
+
+@dataclass(frozen=True)
+class ManifestConfig:
+    """How manifest rows become labelled image rows."""
+
+    thresholds: PositivityThresholds = field(default_factory=PositivityThresholds)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    pairing_window_hours: float = 24.0
+    allow_lateral: bool = False
+    salt: str | None = None
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One input row that was not written, and why."""
+
+    source: str  # file name of the manifest or labs table
+    row: int  # CSV line number (header = 1)
+    image_path: str
+    stage: str  # "manifest", "labs" or "image"
+    reason: str  # short stable code
+    column: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """A validated radiograph row; `patient_id` stays in memory, derived data uses `patient_key`."""
+
+    row: int
+    image_path: str
+    abs_path: str
+    patient_id: str
+    patient_key: str
+    image_id: str
+    split: str
+    bnp_pg_ml: float
+    bnpp_pg_ml: float
+    bnp_censored: int
+    bnpp_censored: int
+    positive: int
+    view: str
+    lung_mask_path: str | None
+    component_mask_path: str | None
+    bnp_hours_from_study: float = math.nan
+    bnpp_hours_from_study: float = math.nan
+
+    @property
+    def log10_bnp(self) -> float:
+        return labs_mod.safe_log10(self.bnp_pg_ml)
+
+    @property
+    def log10_bnpp(self) -> float:
+        return labs_mod.safe_log10(self.bnpp_pg_ml)
+
+
+@dataclass
+class Manifest:
+    """Validated rows plus every rejected input row; n_rows counts the manifest's data rows."""
+
+    path: Path
+    rows: list[ImageRow]
+    rejects: list[Reject]
+    n_rows: int
+    labs_summary: dict = field(default_factory=dict)
+
+
+class _RowRejected(Exception):
+    def __init__(self, column: str, reason: str, detail: str):
+        super().__init__(detail)
+        self.column, self.reason, self.detail = column, reason, detail
+
+
+def resolve_relative_path(root: Path, text: str, column: str) -> tuple[str, str]:
+    """Normalise a manifest path (relative, '/' or '\\' separated) and check it stays inside `root`."""
+    raw = text.strip().replace("\\", "/")
+    if not raw:
+        raise _RowRejected(column, "missing_path", f"{column} is empty")
+    if PurePosixPath(raw).is_absolute() or (len(raw) > 1 and raw[1] == ":"):
+        raise _RowRejected(column, "absolute_path", f"{column} {text!r} must be relative to the manifest folder")
+    normalised = os.path.normpath(raw).replace(os.sep, "/")
+    if normalised == ".." or normalised.startswith("../"):
+        raise _RowRejected(column, "path_outside_root", f"{column} {text!r} escapes the manifest folder")
+    absolute = root / normalised
+    if not absolute.is_file():
+        raise _RowRejected(column, "file_not_found", f"{column} {text!r}: no such file under {root}")
+    return normalised, str(absolute)
+
+
+def _parse_lab_cell(record: dict, column: str) -> tuple[float, int]:
+    try:
+        return labs_mod.parse_lab_value(record.get(column, ""))
+    except LabValueError as error:
+        raise _RowRejected(column, "bad_lab_value", str(error)) from None
+
+
+def _parse_study_datetime(record: dict, required: bool) -> datetime | None:
+    text = record.get("study_datetime", "").strip()
+    if not text and not required:
+        return None
+    try:
+        return labs_mod.parse_datetime(text)
+    except LabValueError as error:
+        raise _RowRejected("study_datetime", "bad_datetime", str(error)) from None
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{path}: cannot read as CSV: {error}") from error
+    frame.columns = [str(column).strip().lower() for column in frame.columns]
+    return frame
+
+
+def load_manifest(path: str | os.PathLike, labs_path: str | os.PathLike | None = None,
+                  config: ManifestConfig | None = None) -> Manifest:
+    """Validate a manifest (and optional labs table) into image rows and rejects."""
+    config = config or ManifestConfig()
+    path = Path(path)
+    frame = _read_csv(path)
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if labs_path is None:
+        missing += [column for column in LAB_COLUMNS if column not in frame.columns]
+    if missing:
+        raise ManifestError(f"{path}: missing required column(s) {missing}; found {list(frame.columns)}")
+    for column in (*REQUIRED_COLUMNS, *LAB_COLUMNS, *OPTIONAL_COLUMNS):
+        if column not in frame.columns:
+            frame[column] = ""
+    has_inline_labs = any((frame[column].str.strip() != "").any() for column in LAB_COLUMNS)
+    if labs_path is not None and has_inline_labs:
+        raise ManifestError(f"{path}: has bnp/bnpp values and a labs table was given; use one source of labs")
+
+    salt = resolve_salt(config.salt)
+    root = path.parent
+    rejects: list[Reject] = []
+    accepted: list[dict] = []
+    first_row_of: dict[str, int] = {}
+
+    def reject(row: int, image_path: str, column: str, reason: str, detail: str, stage: str = "manifest") -> None:
+        rejects.append(Reject(path.name, row, image_path, stage, reason, column, detail))
+
+    for offset, record in enumerate(frame.to_dict("records")):
+        row = FIRST_DATA_ROW + offset
+        try:
+            accepted.append(_validate_row(record, row, root, config, labs_path is not None, first_row_of))
+        except _RowRejected as error:
+            reject(row, record["image_path"], error.column, error.reason, error.detail)
+
+    labs_summary: dict = {}
+    if labs_path is not None:
+        accepted, labs_summary = _attach_labs(accepted, Path(labs_path), config, rejects, reject)
+    accepted = _resolve_patient_splits(accepted, reject)
+
+    rows = []
+    for item in accepted:
+        bnp, bnpp = item.pop("bnp"), item.pop("bnpp")
+        if math.isnan(bnp[0]) and math.isnan(bnpp[0]):
+            window = f" within {config.pairing_window_hours:g} h of the study" if labs_path is not None else ""
+            reject(item["row"], item["image_path"], "bnp,bnpp", "no_label", f"no BNP or BNPP value{window}")
+            continue
+        patient_id = item["patient_id"]
+        rows.append(ImageRow(
+            patient_key=pseudonymize(patient_id, salt, kind="patient"),
+            image_id=pseudonymize(f"{patient_id}\x00{item['image_path']}", salt, kind="image"),
+            split=item.pop("split") or config.split.split_of(patient_id),
+            bnp_pg_ml=bnp[0], bnp_censored=bnp[1], bnpp_pg_ml=bnpp[0], bnpp_censored=bnpp[1],
+            positive=labs_mod.combined_positivity(bnp, bnpp, config.thresholds),
+            **{key: value for key, value in item.items() if key != "study_datetime"},
+        ))
+    rejects.sort(key=lambda r: (r.stage != "labs", r.row))
+    return Manifest(path=path, rows=rows, rejects=rejects, n_rows=len(frame), labs_summary=labs_summary)
+
+
+def _validate_row(record: dict, row: int, root: Path, config: ManifestConfig, pairing: bool,
+                  first_row_of: dict[str, int]) -> dict:
+    patient_id = record["patient_id"].strip()
+    if not patient_id:
+        raise _RowRejected("patient_id", "missing_patient_id", "patient_id is empty")
+    image_path, abs_path = resolve_relative_path(root, record["image_path"], "image_path")
+    if image_path in first_row_of:
+        raise _RowRejected("image_path", "duplicate_row", f"image_path {image_path!r} already on row {first_row_of[image_path]}")
+    first_row_of[image_path] = row
+    view = record["view"].strip().upper()
+    if view in LATERAL_VIEWS and not config.allow_lateral:
+        raise _RowRejected("view", "lateral_view", f"view {record['view']!r} is lateral; frontal views only")
+    split = record["split"].strip().lower()
+    if split and split not in SPLITS:
+        raise _RowRejected("split", "bad_split", f"split {record['split']!r} is not one of {SPLITS}")
+    study_datetime = _parse_study_datetime(record, required=pairing)
+    bnp, bnpp = _parse_lab_cell(record, "bnp"), _parse_lab_cell(record, "bnpp")
+    if record["lab_datetime"].strip():
+        try:
+            labs_mod.parse_datetime(record["lab_datetime"])
+        except LabValueError as error:
+            raise _RowRejected("lab_datetime", "bad_datetime", str(error)) from None
+    masks = {}
+    for column in ("lung_mask_path", "component_mask_path"):
+        masks[column] = resolve_relative_path(root, record[column], column)[1] if record[column].strip() else None
+    return dict(row=row, image_path=image_path, abs_path=abs_path, patient_id=patient_id, split=split, view=view,
+                study_datetime=study_datetime, bnp=bnp, bnpp=bnpp, **masks)
+
+
+def _attach_labs(accepted: list[dict], labs_path: Path, config: ManifestConfig, rejects: list[Reject],
+                 reject) -> tuple[list[dict], dict]:
+    try:
+        table = labs_mod.load_labs(str(labs_path), first_data_row=FIRST_DATA_ROW)
+    except LabValueError as error:
+        raise ManifestError(str(error)) from error
+    for row, column, detail in table.invalid:
+        rejects.append(Reject(labs_path.name, row, "", "labs", "bad_lab_row", column, detail))
+    studies = pd.DataFrame(
+        {"patient_id": [item["patient_id"] for item in accepted],
+         "study_datetime": pd.to_datetime([item["study_datetime"] for item in accepted])}
+    )
+    paired = labs_mod.pair_nearest_labs(studies, table, config.pairing_window_hours)
+    used_rows: set[int] = set()
+    for index, item in enumerate(accepted):
+        for test, key in (("BNP", "bnp"), ("BNPP", "bnpp")):
+            match = paired[test].iloc[index]
+            if not math.isnan(match["value"]):
+                item[key] = (float(match["value"]), int(match["censored"]))
+                item[f"{key}_hours_from_study"] = float(match["hours_from_study"])
+                used_rows.add(int(match["labs_row"]))
+    summary = {"rows": table.n_rows, "invalid": len(table.invalid), "paired": len(used_rows),
+               "unused": table.n_rows - len(table.invalid) - len(used_rows),
+               "window_hours": config.pairing_window_hours}
+    return accepted, summary
+
+
+def _resolve_patient_splits(accepted: list[dict], reject) -> list[dict]:
+    """Give every row of a patient the split its split-column rows name; reject patients named in two."""
+    splits_of: dict[str, set[str]] = defaultdict(set)
+    for item in accepted:
+        if item["split"]:
+            splits_of[item["patient_id"]].add(item["split"])
+    kept = []
+    for item in accepted:
+        named = splits_of.get(item["patient_id"], set())
+        if len(named) > 1:
+            detail = f"this patient's rows name different splits {sorted(named)}"
+            reject(item["row"], item["image_path"], "split", "conflicting_split", detail)
+            continue
+        # Rows with an empty split cell follow the patient's named split, so no patient straddles splits.
+        item["split"] = next(iter(named), "")
+        kept.append(item)
+    return kept
