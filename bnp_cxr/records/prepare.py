@@ -1,0 +1,140 @@
+"""One radiograph -> every record size from a single decode (runs in the ingest worker processes).
+
+Aspect policy: letterbox. The long side is resized to the target size with OpenCV INTER_AREA (area
+averaging, the right filter for downsampling), and the short side is padded symmetrically with
+black (0 after windowing: air), so anatomy is never stretched. The intensity window is computed once
+on the full-resolution image (bnp_cxr.imaging.intensity_window) and applied after resizing.
+Masks follow the same geometry; a mask pixel is set where at least half of its area was set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from bnp_cxr import imaging
+from bnp_cxr.records.schema import UINT16_MAX, RecordImage
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a source image of shape (height, width) lands inside a size x size letterbox."""
+
+    size: int
+    scaled_height: int
+    scaled_width: int
+    top: int
+    left: int
+
+    @property
+    def content_box(self) -> tuple[int, int, int, int]:
+        return self.top, self.left, self.top + self.scaled_height, self.left + self.scaled_width
+
+
+def letterbox_geometry(height: int, width: int, size: int) -> Geometry:
+    """Geometry that fits (height, width) into size x size keeping the aspect ratio."""
+    scale = size / max(height, width)
+    scaled_height = min(size, max(1, round(height * scale)))
+    scaled_width = min(size, max(1, round(width * scale)))
+    return Geometry(size, scaled_height, scaled_width, (size - scaled_height) // 2, (size - scaled_width) // 2)
+
+
+def letterbox(array: np.ndarray, geometry: Geometry, fill: float = 0) -> np.ndarray:
+    """Resize with INTER_AREA into the geometry's box and pad to a square of `fill`."""
+    resized = cv2.resize(array, (geometry.scaled_width, geometry.scaled_height), interpolation=cv2.INTER_AREA)
+    out = np.full((geometry.size, geometry.size), fill, dtype=resized.dtype)
+    out[geometry.top:geometry.top + geometry.scaled_height, geometry.left:geometry.left + geometry.scaled_width] = resized
+    return out
+
+
+def letterbox_binary(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Letterbox a 0/1 mask: a target pixel is 1 where >= half of its source area is 1."""
+    return (letterbox(mask.astype(np.float32), geometry) >= 0.5).astype(np.uint8)
+
+
+def letterbox_bitmask(bits: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Letterbox a uint8 bitmask one bit plane at a time (each bit by the half-area rule)."""
+    out = np.zeros((geometry.size, geometry.size), dtype=np.uint8)
+    for bit in range(8):
+        plane = (bits >> bit) & 1
+        if plane.any():
+            out |= letterbox_binary(plane, geometry) << bit
+    return out
+
+
+class MaskError(ValueError):
+    """A mask file that cannot be used with its image."""
+
+    def __init__(self, reason: str, column: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.column, self.detail = reason, column, detail
+
+
+def read_mask(path: str, shape: tuple[int, int], *, binary: bool, column: str) -> np.ndarray:
+    """Read a PNG mask of the image's shape: binary -> 0/1, else the raw uint8 bitmask."""
+    mask = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise MaskError("bad_mask", column, f"cannot read mask {path}")
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if mask.shape != shape:
+        raise MaskError("mask_shape_mismatch", column, f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}")
+    if binary:
+        # Masks come as 0/1 or 0/255 (0/65535); resized ones have blurred edges, hence half range.
+        threshold = 0 if mask.max() <= 1 else np.iinfo(mask.dtype).max // 2
+        return (mask > threshold).astype(np.uint8)
+    return mask.astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything the writer needs about one row: a RecordImage per size plus source facts."""
+
+    records: dict[int, RecordImage]
+    source_shape: tuple[int, int]
+    source_spacing_mm: tuple[float, float] | None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a row's image could not be prepared."""
+
+    reason: str
+    column: str
+    detail: str
+
+
+def prepare_row(row, sizes: tuple[int, ...], allow_lateral: bool = False) -> Prepared | Failure:
+    """Decode one row's image once and produce its records at every size, or say why not."""
+    try:
+        radiograph = imaging.read_radiograph(row.abs_path, allow_lateral=allow_lateral)
+    except imaging.RadiographError as error:
+        return Failure(error.reason, "image_path", error.detail)
+    pixels = radiograph.pixels
+    shape = pixels.shape
+    try:
+        lung = read_mask(row.lung_mask_path, shape, binary=True, column="lung_mask_path") if row.lung_mask_path else None
+        components = (read_mask(row.component_mask_path, shape, binary=False, column="component_mask_path")
+                      if row.component_mask_path else None)
+    except MaskError as error:
+        return Failure(error.reason, error.column, error.detail)
+    window = imaging.intensity_window(pixels)
+    spacing = radiograph.pixel_spacing_mm
+    records = {}
+    for size in sizes:
+        geometry = letterbox_geometry(*shape, size)
+        # Padding with the window's low end makes it exactly 0 (air) after windowing.
+        windowed = imaging.apply_window(letterbox(pixels, geometry, fill=window[0]), window)
+        image = np.rint(windowed * UINT16_MAX).astype(np.uint16)
+        scale = max(shape) / size
+        records[size] = RecordImage(
+            image=image,
+            lung_mask=None if lung is None else letterbox_binary(lung, geometry),
+            component_mask=None if components is None else letterbox_bitmask(components, geometry),
+            pixel_spacing_mm=(spacing[0] * scale, spacing[1] * scale) if spacing else (math.nan, math.nan),
+            content_box=geometry.content_box,
+        )
+    return Prepared(records=records, source_shape=shape, source_spacing_mm=spacing)

@@ -1,0 +1,210 @@
+"""Records: letterbox geometry, the sharded writer (rejects, summary, resume, workers) and the reader."""
+
+import csv
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from bnp_cxr.manifest import load_manifest
+from bnp_cxr.records import prepare
+from bnp_cxr.records.schema import SHARD_PATTERN
+from bnp_cxr.records.writer import IngestConfig, write_records
+
+SIZES = (64, 128)
+
+
+@pytest.mark.parametrize("height, width, size, expected", [
+    (100, 100, 64, (64, 64, 0, 0)),
+    (200, 100, 64, (64, 32, 0, 16)),
+    (100, 200, 64, (32, 64, 16, 0)),
+    (1536, 1280, 256, (256, 213, 0, 21)),
+    (3, 1000, 64, (1, 64, 31, 0)),
+])
+def test_letterbox_geometry(height, width, size, expected):
+    geometry = prepare.letterbox_geometry(height, width, size)
+    assert (geometry.scaled_height, geometry.scaled_width, geometry.top, geometry.left) == expected
+
+
+def test_letterbox_binary_half_area_rule():
+    mask = np.zeros((128, 128), np.uint8)
+    mask[:, :64] = 1  # left half set
+    mask[0, 127] = 1  # a single pixel: 1/4 of a target pixel, dropped
+    out = prepare.letterbox_binary(mask, prepare.letterbox_geometry(128, 128, 64))
+    assert out[:, :32].all() and not out[:, 32:].any()
+
+
+def synthetic_chest(height, width, seed):
+    """A 16-bit 'radiograph': bright body, two dark lungs; returns (image, lung mask)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width] / np.array([height, width])[:, None, None]
+    image = 30000 + 8000 * yy + rng.normal(0, 300, (height, width))
+    lungs = (((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1) | (((xx - 0.7) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1)
+    image[lungs] -= 15000
+    return np.clip(image, 0, 65535).astype(np.uint16), lungs.astype(np.uint8) * 255
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """A folder of PNG radiographs + masks + a manifest with good and bad rows."""
+    root = tmp_path_factory.mktemp("archive")
+    (root / "img").mkdir()
+    lines = ["patient_id,image_path,study_datetime,bnp,bnpp,view,lung_mask_path"]
+    shapes = [(160, 130), (130, 160), (150, 150)]
+    for i in range(14):
+        image, mask = synthetic_chest(*shapes[i % 3], seed=i)
+        cv2.imwrite(str(root / "img" / f"im{i}.png"), image)
+        cv2.imwrite(str(root / "img" / f"im{i}_mask.png"), mask)
+        bnpp = "" if i % 4 == 0 else f"{50 * (i + 1)}"
+        bnp = f"{20 + 10 * i}" if i % 4 == 0 else ""
+        lines.append(f"PAT{i % 9},img/im{i}.png,2020-01-{i + 1:02d},{bnp},{bnpp},PA,img/im{i}_mask.png")
+    (root / "img" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    lines.append("PATX,img/corrupt.png,2020-02-01,,500,PA,")           # undecodable image
+    wrong_mask = np.zeros((10, 10), np.uint8)
+    cv2.imwrite(str(root / "img" / "small_mask.png"), wrong_mask)
+    lines.append("PATY,img/im0.png,2020-02-02,,500,PA,img/small_mask.png")  # duplicate image_path
+    lines.append("PATZ,img/im1.png,2020-02-02,,500,PA,img/missing.png")   # duplicate first
+    image, _ = synthetic_chest(140, 120, 99)
+    cv2.imwrite(str(root / "img" / "mism.png"), image)
+    lines.append("PATW,img/mism.png,2020-02-03,,500,PA,img/small_mask.png")  # mask shape mismatch
+    lines.append("PATV,img/nothere.png,2020-02-03,,500,PA,")                # missing file
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def shard_examples(out_dir):
+    """{image_id: {size: serialized bytes}} over every shard in out_dir."""
+    import tensorflow as tf
+
+    from bnp_cxr.records.schema import parse_example
+
+    found = {}
+    for path in sorted(out_dir.glob("*.tfrecord")):
+        size = int(SHARD_PATTERN.match(path.name)["size"])
+        for raw in tf.data.TFRecordDataset(str(path)):
+            image_id = parse_example(raw)["image_id"].numpy().decode()
+            found.setdefault(image_id, {})[size] = raw.numpy()
+    return found
+
+
+@pytest.fixture(scope="module")
+def written(archive, tmp_path_factory):
+    out = tmp_path_factory.mktemp("records")
+    manifest = load_manifest(archive / "manifest.csv")
+    summary = write_records(manifest, out, IngestConfig(sizes=SIZES, shard_size=3, progress=False))
+    return manifest, out, summary
+
+
+def test_summary_accounts_for_every_row(written):
+    manifest, out, summary = written
+    assert summary["rows"] == 19 == summary["written"] + summary["rejected"]
+    assert summary["written"] == 14
+    assert summary["reject_reasons"] == {"duplicate_row": 2, "file_not_found": 1, "mask_shape_mismatch": 1,
+                                         "undecodable_pixels": 1}
+    assert sum(c["written"] for c in summary["per_split"].values()) == 14
+    assert all(sum(per.values()) == 14 for per in summary["per_size"].values())
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_rejects_csv_names_row_path_and_reason(written):
+    _, out, _ = written
+    with open(out / "rejects.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    by_row = {int(r["row"]): r for r in rows}
+    assert set(by_row) == {16, 17, 18, 19, 20}
+    assert by_row[16]["reason"] == "undecodable_pixels" and by_row[16]["image_path"] == "img/corrupt.png"
+    assert by_row[16]["stage"] == "image"
+    assert by_row[19]["column"] == "lung_mask_path" and by_row[19]["reason"] == "mask_shape_mismatch"
+    assert by_row[20]["reason"] == "file_not_found"
+
+
+def test_shards_named_and_complete(written):
+    manifest, out, summary = written
+    names = sorted(path.name for path in out.glob("*.tfrecord"))
+    assert all(SHARD_PATTERN.match(name) for name in names)
+    for split, count in summary["shards"].items():
+        for size in SIZES:
+            assert sorted(n for n in names if n.startswith(f"{split}-{size}px-")) == [
+                f"{split}-{size}px-{i:05d}-of-{count:05d}.tfrecord" for i in range(count)]
+    assert not list(out.glob("*.tmp"))
+    examples = shard_examples(out)
+    assert len(examples) == 14 and all(set(sizes) == set(SIZES) for sizes in examples.values())
+
+
+def test_reader_yields_images_targets_and_masks(written):
+    from bnp_cxr.records.reader import make_dataset
+
+    manifest, out, summary = written
+    expected = {row.image_id: row for row in manifest.rows}
+    seen = 0
+    for split in summary["per_split"]:
+        dataset = make_dataset(out, split, 128, batch_size=4, deterministic=True, with_metadata=True)
+        for images, targets, meta in dataset:
+            assert images.shape[1:] == (128, 128, 1) and images.dtype.name == "float32"
+            assert 0.0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 1.0
+            for k, image_id in enumerate(meta["image_id"].numpy()):
+                row = expected[image_id.decode()]
+                want = [row.log10_bnp, row.log10_bnpp]
+                got = targets.numpy()[k]
+                assert all((math.isnan(w) and math.isnan(g)) or g == pytest.approx(w, abs=1e-6) for w, g in zip(want, got))
+                top, left, bottom, right = meta["content_box"].numpy()[k]
+                image = images.numpy()[k, ..., 0]
+                assert image[:top].max(initial=0) == 0 and image[:, :left].max(initial=0) == 0  # black padding
+                lungs = meta["lung_mask"].numpy()[k].astype(bool)
+                assert meta["has_lung_mask"].numpy()[k] and lungs.any()
+                assert image[lungs].mean() < image[top:bottom, left:right][~lungs[top:bottom, left:right]].mean()
+                seen += 1
+    assert seen == 14
+
+
+def test_reader_augmentation_is_seeded_and_bounded(written):
+    from bnp_cxr.records.reader import AugmentConfig, make_dataset
+
+    _, out, summary = written
+    split = max(summary["per_split"], key=lambda s: summary["per_split"][s]["written"])
+
+    def first_batch(seed, augment):
+        dataset = make_dataset(out, split, 64, batch_size=4, training=True, augment=augment, seed=seed,
+                               deterministic=True)
+        return next(iter(dataset))[0].numpy()
+
+    plain = first_batch(1, None)
+    augmented = first_batch(1, AugmentConfig())
+    assert augmented.shape == plain.shape and 0 <= augmented.min() and augmented.max() <= 1
+    assert np.abs(augmented - plain).mean() > 1e-3
+    np.testing.assert_array_equal(augmented, first_batch(1, AugmentConfig()))
+
+
+def test_existing_output_needs_resume_or_overwrite(archive, written):
+    _, out, _ = written
+    with pytest.raises(FileExistsError, match="resume"):
+        write_records(load_manifest(archive / "manifest.csv"), out, IngestConfig(sizes=SIZES, progress=False))
+
+
+def test_resume_redoes_only_incomplete_groups(archive, written, tmp_path):
+    import shutil
+
+    _, out, summary = written
+    copy = tmp_path / "records"
+    shutil.copytree(out, copy)
+    # An interruption: one group's shard never renamed (tmp left behind), its marker never written.
+    victim = sorted(copy.glob("train-64px-*.tfrecord"))[0]
+    victim.rename(victim.with_name(victim.name + ".tmp"))
+    (copy / ".progress" / (victim.name.replace("-64px", "").replace(".tfrecord", ".json"))).unlink()
+    resumed = write_records(load_manifest(archive / "manifest.csv"), copy,
+                            IngestConfig(sizes=SIZES, shard_size=3, resume=True, progress=False))
+    total_groups = sum(summary["shards"].values())
+    assert resumed["resumed_groups"] == total_groups - 1
+    assert shard_examples(copy) == shard_examples(out)
+    assert {k: v for k, v in resumed.items() if k not in ("elapsed_s", "resumed_groups")} == {
+        k: v for k, v in summary.items() if k not in ("elapsed_s", "resumed_groups")}
+
+
+def test_two_workers_write_the_same_records(archive, written, tmp_path):
+    _, out, summary = written
+    parallel = write_records(load_manifest(archive / "manifest.csv"), tmp_path,
+                             IngestConfig(sizes=SIZES, shard_size=3, workers=2, progress=False))
+    assert parallel["written"] == summary["written"]
+    assert shard_examples(tmp_path) == shard_examples(out)
