@@ -1,0 +1,51 @@
+"""Shared benchmark plumbing: input selection, result JSON + a printed table."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def phantom_manifest(cohort_dir: Path, workers: int) -> tuple[Path, Path]:
+    """The phantom cohort's manifest and labs, generating the cohort when absent."""
+    from bnp_cxr.phantom import generate_cohort
+
+    generate_cohort(cohort_dir, workers=workers, progress=True)
+    return cohort_dir / "manifest.csv", cohort_dir / "labs.csv"
+
+
+def machine() -> dict:
+    """Where a result was measured."""
+    import os
+
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()}
+
+
+def report(name: str, result: dict, rows: list[dict], columns: list[str]) -> Path:
+    """Write bench/results/{name}.json and print the rows as a table."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), **result,
+              "rows": rows}
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    widths = [max(len(column), *(len(_fmt(row.get(column))) for row in rows)) for column in columns]
+    print(" | ".join(column.ljust(width) for column, width in zip(columns, widths)))
+    print("-+-".join("-" * width for width in widths))
+    for row in rows:
+        print(" | ".join(_fmt(row.get(column)).ljust(width) for column, width in zip(columns, widths)))
+    for key, value in result.items():
+        if key not in ("rows", "machine", "benchmark"):
+            print(f"{key}: {value}")
+    print(f"-> {path}")
+    return path
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "" if value is None else str(value)
