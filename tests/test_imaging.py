@@ -360,15 +360,20 @@ def test_colour_png(tmp_path, channels, colourful, reason):
         np.testing.assert_array_equal(read_radiograph(path).pixels, grey)
 
 
-def test_png_absurd_header_rejected_before_decoding(tmp_path):
-    ok, encoded = cv2.imencode(".png", np.zeros((4, 4), np.uint8))
+@pytest.mark.parametrize("extension, size_offset, field_bytes", [
+    (".png", lambda data: 16, 4),  # IHDR width, height; the chunk CRC is now wrong, so decoding would fail
+    (".jpg", lambda data: data.find(b"\xff\xc0") + 5, 2),  # SOF0 height, width
+])
+def test_bitmap_absurd_header_rejected_before_decoding(tmp_path, extension, size_offset, field_bytes):
+    ok, encoded = cv2.imencode(extension, np.zeros((4, 4), np.uint8))
     data = bytearray(encoded.tobytes())
-    data[16:24] = (100_000).to_bytes(4, "big") * 2  # IHDR width and height; CRC now wrong, so decoding would fail
-    path = tmp_path / "big.png"
+    start = size_offset(bytes(data))
+    data[start:start + 2 * field_bytes] = (60_000).to_bytes(field_bytes, "big") * 2
+    path = tmp_path / f"big{extension}"
     path.write_bytes(bytes(data))
     with pytest.raises(RadiographError) as caught:
         read_radiograph(path)
-    assert caught.value.reason == "absurd_dimensions"
+    assert caught.value.reason == "absurd_dimensions" and "60000 x 60000" in caught.value.detail
 
 
 # --------------------------------------------------------------------------------------- windowing
