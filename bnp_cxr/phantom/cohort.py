@@ -181,7 +181,9 @@ def _summary(out: Path, config: CohortConfig, plan: CohortPlan, truth_rows: list
     log10_bnpp = np.array([row["log10_bnpp"] for row in truth_rows])
     log10_bnp = np.array([row["log10_bnp"] for row in truth_rows])
     pairing = expected_pairing(plan)
-    rejected = {d["image_path"] for d in plan.defects if d["kind"] not in ("duplicate_row", "missing_file")}
+    # Rows rejected while validating the manifest never reach pairing; image-stage defects do.
+    rejected = {d["image_path"] for d in plan.defects
+                if d["stage"] == "manifest" and d["kind"] not in ("duplicate_row", "missing_file")}
     no_label = sorted(path for path, found in pairing.items() if not found and path not in rejected)
 
     def count(key: str) -> dict:
