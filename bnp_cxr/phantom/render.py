@@ -128,14 +128,15 @@ def _compose_work(a: anat.Anatomy, lung: np.ndarray, heart: np.ndarray, fluid: n
     abdomen = np.clip((ys[:, None] - below[None, :]) / 0.02, 0.0, 1.0) * (1.0 - lung_w)
     heart_w = _blur(_resize(heart.astype(np.float32), work, cv2.INTER_AREA), 1.5 / work_mm)
     density += 0.035 * heart_w * (1.0 - abdomen)  # the heart's base hides behind the diaphragm
-    density += skeleton.spine(ys, xs, a, rng) + skeleton.clavicles(ys, xs, a, rng) + _trachea(ys, xs, a)
+    density += skeleton.spine(ys, xs, a, rng) * (1.0 - 0.4 * np.maximum(abdomen, heart_w))
+    density += skeleton.clavicles(ys, xs, a, rng) + _trachea(ys, xs, a)
     # Processed radiographs show ribs mainly against aerated lung.
     density += (0.35 + 0.65 * lung_soft) * skeleton.ribs(ys, xs, a, rng)
-    density += 0.07 * lung_soft * skeleton.vessel_tree(ys, xs, a, rng, work_mm)
+    density += 0.09 * lung_soft * skeleton.vessel_tree(ys, xs, a, rng, work_mm)
     # Parenchymal texture: faint band-passed noise, so lungs are not flat between the vessels.
     texture = rng.standard_normal(work).astype(np.float32)
     texture = _blur(texture, 1.2 / work_mm) - _blur(texture, 4.0 / work_mm)
-    density += (0.012 / max(float(texture.std()), 1e-6)) * texture * lung_soft
+    density += (0.007 / max(float(texture.std()), 1e-6)) * texture * lung_soft
     density += _hila(ys, xs, a) + _abdomen(ys, xs, a, abdomen)
     # Oedema and effusion replace air by fluid: the filled fraction of the air, capped below 1.
     filled = np.zeros(work, np.float32)
@@ -151,11 +152,11 @@ def _compose_work(a: anat.Anatomy, lung: np.ndarray, heart: np.ndarray, fluid: n
 
 def _arms(ys: np.ndarray, xs: np.ndarray, a: anat.Anatomy) -> np.ndarray:
     """Upper arms hanging beside the trunk, with the humerus, cut by the image edge in large patients."""
-    arm_centre = a.body_half_width + 0.07
-    u = (np.abs(xs - a.cx) - arm_centre) / 0.055
+    arm_centre = a.body_half_width + 0.085
+    u = (np.abs(xs - a.cx) - arm_centre) / 0.075
     top = a.shoulder_y + 0.09
     rows = np.sqrt(np.clip((ys - top) / 0.08, 0.0, 1.0)) * np.clip((0.8 - ys) / 0.2, 0.0, 1.0)
-    tissue = 0.22 * np.sqrt(np.clip(1.0 - u ** 2, 0.0, 1.0))
+    tissue = 0.2 * np.clip(1.0 - u ** 2, 0.0, 1.0)
     return (rows[:, None] * tissue[None, :]).astype(np.float32)
 
 

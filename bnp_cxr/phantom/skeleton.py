@@ -70,19 +70,19 @@ def clavicles(ys: np.ndarray, xs: np.ndarray, a: Anatomy, rng: np.random.Generat
         y_clavicle = a.y_apex + 0.035 + rng.normal(0.0, 0.004)
         centre = y_clavicle - 0.05 * u + 0.012 * np.sin(2.0 * np.pi * u / 1.3)
         weight = smoothstep(0.05, 0.12, u) * (1.0 - smoothstep(1.15, 1.3, u))
-        add_band(field, ys, centre, weight, 0.0105, 0.12)
+        add_band(field, ys, centre, weight, 0.0095, 0.085)
     return field
 
 
 def spine(ys: np.ndarray, xs: np.ndarray, a: Anatomy, rng: np.random.Generator) -> np.ndarray:
     """Vertebral column: a bright central band with vertebral bodies, endplates and pedicles."""
     dx = xs - (a.cx + a.spine_shift)
-    column = smoothstep(0.045, 0.036, np.abs(dx))
+    column = smoothstep(0.048, 0.03, np.abs(dx))
     period = 0.052 + rng.normal(0.0, 0.002)
     phase = ((ys - rng.uniform(0, period)) / period) % 1.0
     disc = np.exp(-(((phase - 0.5) / 0.07) ** 2))  # darker disc spaces between vertebral bodies
     endplate = np.exp(-(((np.abs(phase - 0.5) - 0.1) / 0.03) ** 2))
-    body = (0.075 - 0.03 * disc + 0.02 * endplate)[:, None] * column[None, :]
+    body = (0.05 - 0.025 * disc + 0.015 * endplate)[:, None] * column[None, :]
     # Pedicles: paired ovals at each vertebra, seen end-on.
     pedicle_rows = np.exp(-(((phase - 0.15) / 0.12) ** 2))
     pedicle_cols = np.exp(-(((np.abs(dx) - 0.026) / 0.006) ** 2))
@@ -100,10 +100,11 @@ def vessel_tree(ys: np.ndarray, xs: np.ndarray, a: Anatomy, rng: np.random.Gener
         # Trunks leave from points spread over the hilum, downward (positive angles) favoured as in
         # upright lungs where basal vessels carry more blood.
         for angle in np.linspace(-75, 85, 9):
-            start = np.array([(a.cx + side * (medial + rng.uniform(0.0, 0.03))) * width,
-                              (y_hilum + rng.uniform(-0.04, 0.05)) * height])
+            # Upper trunks leave the upper hilum, lower ones the lower: no single bright convergence point.
+            start = np.array([(a.cx + side * (medial + rng.uniform(0.0, 0.02))) * width,
+                              (y_hilum + 0.07 * angle / 85.0 + rng.normal(0.0, 0.006)) * height])
             _branch(canvas, rng, start, np.deg2rad(angle + rng.normal(0, 8)), side,
-                    length_px=0.06 * width * rng.uniform(0.7, 1.3), thickness_px=2.8 / pixel_mm,
+                    length_px=0.06 * width * rng.uniform(0.7, 1.3), thickness_px=2.2 / pixel_mm,
                     intensity=1.0, depth=5)
     return cv2.GaussianBlur(canvas, (0, 0), max(0.9 / pixel_mm, 0.5))
 
