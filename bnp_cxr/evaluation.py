@@ -1,0 +1,143 @@
+"""Evaluate a trained run on a split: predictions.csv, metrics.json (bootstrap CIs), roc.png, scatter.png.
+
+A run folder (written by tools/train.py) holds `model.keras` and `config.json` with at least "size"
+and "records_dir". Everything written here carries pseudonymous image / patient IDs only, as the
+records do (bnp_cxr.privacy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bnp_cxr import figures, metrics
+from bnp_cxr.labs import PositivityThresholds
+
+DEFAULT_RECORDS = Path("work/records")
+PREDICTION_COLUMNS = ("image_id", "patient_id", "true_log10_bnp", "pred_log10_bnp", "true_log10_bnpp",
+                      "pred_log10_bnpp", "positive", "bnp_censored", "bnpp_censored")
+
+
+def load_run_model(path: str | os.PathLike):
+    """Load a saved Keras model for inference (bnp_cxr.models.load_model when present)."""
+    try:
+        from bnp_cxr.models import load_model
+    except ImportError:  # models.py registers its custom layers; plain Keras models load without it
+        import keras
+
+        return keras.models.load_model(path, compile=False)
+    return load_model(path, compile=False)
+
+
+def read_censoring(records_dir: str | os.PathLike, split: str, size: int) -> pd.DataFrame:
+    """image_id, bnp_censored, bnpp_censored of a split (the reader's metadata leaves them out)."""
+    import tensorflow as tf
+
+    from bnp_cxr.records.reader import list_shards
+    from bnp_cxr.records.schema import feature_spec
+
+    spec = {key: feature_spec()[key] for key in ("image_id", "bnp_censored", "bnpp_censored")}
+    columns: dict[str, list] = {key: [] for key in spec}
+    # Parsing only these keys skips decoding the image bytes.
+    for batch in tf.data.TFRecordDataset(list_shards(records_dir, split, size)).batch(1024):
+        parsed = tf.io.parse_example(batch, spec)
+        for key in spec:
+            columns[key].extend(parsed[key].numpy().tolist())
+    frame = pd.DataFrame(columns)
+    frame["image_id"] = frame["image_id"].map(bytes.decode)
+    return frame
+
+
+def predict_split(model, records_dir: str | os.PathLike, split: str, size: int, batch_size: int = 32) -> pd.DataFrame:
+    """Predict every record of a split: one row per image with true and predicted log10 BNP / BNPP."""
+    from bnp_cxr.records.reader import make_dataset
+
+    dataset = make_dataset(records_dir, split, size, batch_size=batch_size, deterministic=True, with_metadata=True)
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in ("image_id", "patient_id", "positive", "true", "pred")}
+    for images, targets, meta in dataset:
+        prediction = np.asarray(model.predict_on_batch(images), dtype=np.float64)
+        if prediction.ndim != 2 or prediction.shape[1] != 2:
+            raise ValueError(f"model output must be [batch, 2] (log10 BNP, log10 BNPP), got {prediction.shape}")
+        parts["pred"].append(prediction)
+        parts["true"].append(targets.numpy().astype(np.float64))
+        for key in ("image_id", "patient_id", "positive"):
+            parts[key].append(meta[key].numpy())
+    if not parts["pred"]:
+        raise ValueError(f"no {split} records at {size} px in {records_dir}")
+    true, pred = np.concatenate(parts["true"]), np.concatenate(parts["pred"])
+    frame = pd.DataFrame({
+        "image_id": [value.decode() for value in np.concatenate(parts["image_id"])],
+        "patient_id": [value.decode() for value in np.concatenate(parts["patient_id"])],
+        # Targets are [log10 BNP, log10 BNPP] (bnp_cxr.records.reader.TARGET_KEYS); so is the model output.
+        "true_log10_bnp": true[:, 0], "pred_log10_bnp": pred[:, 0],
+        "true_log10_bnpp": true[:, 1], "pred_log10_bnpp": pred[:, 1],
+        "positive": np.concatenate(parts["positive"]).astype(np.int64),
+    })
+    censoring = read_censoring(records_dir, split, size)
+    frame = frame.merge(censoring, on="image_id", how="left", validate="one_to_one")
+    return frame[list(PREDICTION_COLUMNS)]
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict:
+    """The run's config.json (needs "size")."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a training run folder (tools/train.py)?")
+    config = json.loads(path.read_text())
+    if "size" not in config:
+        raise ValueError(f"{path} has no 'size'")
+    return config
+
+
+def _model_path(run_dir: Path) -> Path:
+    path = run_dir / "model.keras"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: train the run first (tools/train.py)")
+    return path
+
+
+def evaluate_run(run_dir: str | os.PathLike, records_dir: str | os.PathLike | None = None, split: str = "test",
+                 n_boot: int = 2000, seed: int = 0, batch_size: int = 32,
+                 thresholds: PositivityThresholds = PositivityThresholds()) -> dict:
+    """Predict a split with the run's model and write predictions.csv, metrics.json, roc.png, scatter.png there.
+
+    records_dir defaults to the run config's "records_dir", else work/records. Returns the metrics.json dict.
+    """
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    size = int(config["size"])
+    records_dir = Path(records_dir or config.get("records_dir") or DEFAULT_RECORDS)
+    model = load_run_model(_model_path(run_dir))
+    table = predict_split(model, records_dir, split, size, batch_size)
+    result = metrics.compute_metrics(table, n_boot=n_boot, seed=seed, thresholds=thresholds)
+    result = {"run_dir": str(run_dir), "split": split, "size": size, "records_dir": str(records_dir), **result}
+    table.to_csv(run_dir / "predictions.csv", index=False, float_format="%.6g")
+    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    figures.roc_figure(table, result, run_dir / "roc.png", thresholds)
+    figures.scatter_figure(table, result, run_dir / "scatter.png", thresholds)
+    return result
+
+
+def _fmt(entry: dict, digits: int = 3) -> str:
+    if entry["estimate"] is None:
+        return "n/a"
+    low, high = (math.nan if entry[key] is None else entry[key] for key in ("ci_low", "ci_high"))
+    return f"{entry['estimate']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def format_table(result: dict) -> str:
+    """A short plain-text table of every metric with its 95% CI and counts."""
+    boot = result["bootstrap"]
+    lines = [f"{result.get('split', '?')} split: {result['n_images']} images, {result['n_patients']} patients; "
+             f"{boot['ci_level']:.0%} CI: {boot['resampling_unit']}-level percentile bootstrap, "
+             f"{boot['n_boot']} resamples, seed {boot['seed']}",
+             f"{'metric':32s} {'estimate [95% CI]':>26s} {'n':>7s} {'patients':>9s} {'skipped':>8s}"]
+    for name, entry in result["metrics"].items():
+        lines.append(f"{name:32s} {_fmt(entry):>26s} {entry['n']:7d} {entry['n_patients']:9d} "
+                     f"{entry['n_boot_skipped']:8d}")
+    return "\n".join(lines)
