@@ -56,12 +56,16 @@ def render_study(spec: StudySpec, config: CohortConfig) -> Rendered:
     height, width = config.height_px, config.width_px
     pixel_mm = config.pixel_spacing_mm
     strengths = finding_strengths(spec.severity, config)
+    # Separate streams, so e.g. drawing a finding does not change the exposure or noise of the image;
+    # bones and vessels come from the patient's seed and are the same in each of their studies.
     patient_rng = np.random.default_rng(spec.patient_seed)
-    rng = np.random.default_rng(spec.image_seed)
+    body_rng = np.random.default_rng([spec.patient_seed, 1])
+    position_rng, opacity_rng, kerley_rng, device_rng, acquisition_rng = (
+        np.random.default_rng([spec.image_seed, stream]) for stream in range(5))
     ctr = strengths["ctr"] + patient_rng.normal(0.0, config.ctr_patient_sd)
     a = anat.sample_anatomy(patient_rng, ctr, spec.view == "AP", height / width)
     # Positioning differs between visits of the same patient.
-    a = _reposition(a, rng)
+    a = _reposition(a, position_rng)
 
     ys, xs = anat.grid(height, width)
     lungs = {side: anat.lung_mask(ys, xs, a, side) for side in anat.SIDES}
@@ -73,17 +77,17 @@ def render_study(spec: StudySpec, config: CohortConfig) -> Rendered:
     scale = min(1.0, WORK_MAX_PX / max(height, width))
     work = (max(1, round(height * scale)), max(1, round(width * scale)))
     work_mm = pixel_mm / scale
-    density = _compose_work(a, lung, heart, fluid, strengths, rng, work, work_mm, config)
+    density = _compose_work(a, lung, heart, fluid, strengths, body_rng, opacity_rng, work, work_mm)
     density = _resize(density, (height, width), cv2.INTER_LINEAR)
 
     kerley, kerley_core, lines = findings.kerley_lines(
-        lungs, fluid, a, strengths["kerley_lines"], rng, pixel_mm, config.kerley_sigma_mm,
+        lungs, fluid, a, strengths["kerley_lines"], kerley_rng, pixel_mm, config.kerley_sigma_mm,
         amplitude=a.lung_air * (0.12 + 0.18 * strengths["kerley_lines"]))
     density += kerley
-    layer, devices_truth = devices.confounders(lung, a, rng, pixel_mm, spec.electrodes, spec.view == "AP")
+    layer, devices_truth = devices.confounders(lung, a, device_rng, pixel_mm, spec.electrodes, spec.view == "AP")
     density += layer
 
-    display = _acquire(density, rng, spec.detector_id, pixel_mm, config)
+    display = _acquire(density, acquisition_rng, spec.detector_id, config)
     components = np.zeros((height, width), np.uint8)
     if opacity_native is not None:
         components[opacity_native > 0.35] |= COMPONENT_BITS["lung_opacity"]
@@ -110,8 +114,8 @@ def _reposition(a: anat.Anatomy, rng: np.random.Generator) -> anat.Anatomy:
 
 
 def _compose_work(a: anat.Anatomy, lung: np.ndarray, heart: np.ndarray, fluid: np.ndarray, strengths: dict,
-                  rng: np.random.Generator, work: tuple[int, int], work_mm: float,
-                  config: CohortConfig) -> np.ndarray:
+                  rng: np.random.Generator, opacity_rng: np.random.Generator, work: tuple[int, int],
+                  work_mm: float) -> np.ndarray:
     """Smooth anatomy and coarse findings on the working grid."""
     ys, xs = anat.grid(*work)
     lung_w = _resize(lung.astype(np.float32), work, cv2.INTER_AREA)
@@ -142,7 +146,7 @@ def _compose_work(a: anat.Anatomy, lung: np.ndarray, heart: np.ndarray, fluid: n
     filled = np.zeros(work, np.float32)
     if strengths["lung_opacity"] > 0:
         shape = findings.opacity_shape(ys, xs, a)
-        patchy = findings.mottle(work, rng, 8.0 / work_mm)
+        patchy = findings.mottle(work, opacity_rng, 8.0 / work_mm)
         filled += 0.7 * strengths["lung_opacity"] * shape * (0.6 + 0.8 * patchy)
     if fluid.any():
         filled += _blur(_resize(fluid.astype(np.float32), work, cv2.INTER_AREA), 3.0 / work_mm)
@@ -189,8 +193,7 @@ def _abdomen(ys: np.ndarray, xs: np.ndarray, a: anat.Anatomy, abdomen: np.ndarra
     return out.astype(np.float32)
 
 
-def _acquire(density: np.ndarray, rng: np.random.Generator, detector_id: int, pixel_mm: float,
-             config: CohortConfig) -> np.ndarray:
+def _acquire(density: np.ndarray, rng: np.random.Generator, detector_id: int, config: CohortConfig) -> np.ndarray:
     """Exposure curve, quantum noise (larger where fewer photons arrive) and fixed detector texture."""
     gamma = rng.uniform(0.85, 1.15)
     display = np.clip(density, 0.0, None) ** gamma
