@@ -55,12 +55,14 @@ def read_censoring(records_dir: str | os.PathLike, split: str, size: int) -> pd.
 
 def predict_split(model, records_dir: str | os.PathLike, split: str, size: int, batch_size: int = 32) -> pd.DataFrame:
     """Predict every record of a split: one row per image with true and predicted log10 BNP / BNPP."""
+    import keras
+
     from bnp_cxr.records.reader import make_dataset
 
     dataset = make_dataset(records_dir, split, size, batch_size=batch_size, deterministic=True, with_metadata=True)
     parts: dict[str, list[np.ndarray]] = {key: [] for key in ("image_id", "patient_id", "positive", "true", "pred")}
     for images, targets, meta in dataset:
-        prediction = np.asarray(model.predict_on_batch(images), dtype=np.float64)
+        prediction = np.asarray(keras.ops.convert_to_numpy(model(images, training=False)), dtype=np.float64)
         if prediction.ndim != 2 or prediction.shape[1] != 2:
             raise ValueError(f"model output must be [batch, 2] (log10 BNP, log10 BNPP), got {prediction.shape}")
         parts["pred"].append(prediction)

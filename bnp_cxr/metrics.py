@@ -22,6 +22,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from bnp_cxr import labs
 
+CHUNK_VALUES = 8_000_000  # bootstrap weights held at once (64 MB of float64): 2000 resamples x 4000 images
 MIN_BOOT = 1000  # percentile CIs need >= 1000 resamples for stable 2.5 / 97.5 % tails (Efron & Tibshirani 1993, ch. 13)
 CI_METHOD = ("patient-level (cluster) percentile bootstrap: patients are drawn with replacement (as many as there "
              "are), each drawn patient brings all of its images, every metric is recomputed on each resample "
@@ -74,14 +75,20 @@ class BinaryTask:
     offset_log10: float | None  # log10 threshold the score is a margin above (None: combined)
 
 
-def bootstrap_weights(cluster_ids: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """Row weights [n_boot, n_rows]: how often each row's cluster is drawn when clusters are resampled."""
+def cluster_counts(cluster_ids: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster code per row, draws per cluster [n_boot, n_clusters]) of a cluster resampling with replacement."""
     _, codes = np.unique(np.asarray(cluster_ids), return_inverse=True)
     n_clusters = int(codes.max()) + 1 if codes.size else 0
     draws = np.random.default_rng(seed).integers(0, n_clusters, size=(n_boot, n_clusters))
     # One bincount over offset draws counts every resample at once.
     offsets = draws + np.arange(n_boot)[:, None] * n_clusters
     counts = np.bincount(offsets.ravel(), minlength=n_boot * n_clusters).reshape(n_boot, n_clusters)
+    return codes.ravel(), counts
+
+
+def bootstrap_weights(cluster_ids: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Row weights [n_boot, n_rows]: how often each row's cluster is drawn when clusters are resampled."""
+    codes, counts = cluster_counts(cluster_ids, n_boot, seed)
     return counts[:, codes].astype(np.float64)
 
 
@@ -113,22 +120,42 @@ def _grouped_counts(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray)
     """Unique scores (descending) and the positive / negative weight at each, per weight row."""
     order = np.argsort(-scores, kind="stable")
     sorted_scores = scores[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
     w = np.atleast_2d(weights)[:, order]
     positive = labels[order].astype(bool)
-    pos = np.add.reduceat(np.where(positive, w, 0.0), starts, axis=1)
-    neg = np.add.reduceat(np.where(positive, 0.0, w), starts, axis=1)
-    return sorted_scores[starts], pos, neg
+    pos, neg = np.where(positive, w, 0.0), np.where(positive, 0.0, w)
+    ties = np.diff(sorted_scores) == 0
+    if ties.any():  # reduceat is the slow part; continuous predictions rarely tie
+        starts = np.r_[0, np.flatnonzero(~ties) + 1]
+        return sorted_scores[starts], np.add.reduceat(pos, starts, axis=1), np.add.reduceat(neg, starts, axis=1)
+    return sorted_scores, pos, neg
 
 
-def weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC per weight row [B, n] -> [B] (ties count 1/2, as roc_auc_score); NaN with one class only."""
-    _, pos, neg = _grouped_counts(labels, scores, weights)
+def _auc_from_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     pos_total, neg_total = pos.sum(axis=1), neg.sum(axis=1)
     neg_below = neg_total[:, None] - np.cumsum(neg, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         auc = (pos * (neg_below + 0.5 * neg)).sum(axis=1) / (pos_total * neg_total)
     return np.where((pos_total > 0) & (neg_total > 0), auc, np.nan)
+
+
+def _youden_from_counts(thresholds: np.ndarray, pos: np.ndarray, neg: np.ndarray):
+    pos_total, neg_total = pos.sum(axis=1, keepdims=True), neg.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr, fpr = np.cumsum(pos, axis=1) / pos_total, np.cumsum(neg, axis=1) / neg_total
+    rows = np.arange(pos.shape[0])
+    best = np.argmax(np.nan_to_num(tpr - fpr, nan=-np.inf), axis=1)
+    # sklearn's first ROC point (threshold +inf, J = 0) wins ties, so J <= 0 means "call nobody positive".
+    at_inf = (tpr - fpr)[rows, best] <= 0
+    defined = (pos_total[:, 0] > 0) & (neg_total[:, 0] > 0)
+    sensitivity = np.where(defined, np.where(at_inf, 0.0, tpr[rows, best]), np.nan)
+    specificity = np.where(defined, np.where(at_inf, 1.0, 1.0 - fpr[rows, best]), np.nan)
+    threshold = np.where(defined, np.where(at_inf, np.inf, thresholds[best]), np.nan)
+    return sensitivity, specificity, threshold
+
+
+def weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC per weight row [B, n] -> [B] (ties count 1/2, as roc_auc_score); NaN with one class only."""
+    return _auc_from_counts(*_grouped_counts(labels, scores, weights)[1:])
 
 
 def weighted_youden(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray):
@@ -137,19 +164,7 @@ def weighted_youden(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray)
     Same operating points and tie-break (the highest threshold) as argmax over sklearn's
     roc_curve(drop_intermediate=False), whose first point has threshold +inf.
     """
-    thresholds, pos, neg = _grouped_counts(labels, scores, weights)
-    pos_total, neg_total = pos.sum(axis=1, keepdims=True), neg.sum(axis=1, keepdims=True)
-    zero = np.zeros((pos.shape[0], 1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpr = np.hstack([zero, np.cumsum(pos, axis=1)]) / pos_total
-        fpr = np.hstack([zero, np.cumsum(neg, axis=1)]) / neg_total
-    best = np.argmax(np.nan_to_num(tpr - fpr, nan=-np.inf), axis=1)
-    rows = np.arange(pos.shape[0])
-    defined = (pos_total[:, 0] > 0) & (neg_total[:, 0] > 0)
-    sensitivity = np.where(defined, tpr[rows, best], np.nan)
-    specificity = np.where(defined, 1.0 - fpr[rows, best], np.nan)
-    threshold = np.where(defined, np.r_[np.inf, thresholds][best], np.nan)
-    return sensitivity, specificity, threshold
+    return _youden_from_counts(*_grouped_counts(labels, scores, weights))
 
 
 def youden_point(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float, float]:
@@ -208,11 +223,39 @@ def _estimate(point: float, resampled: np.ndarray, rows: np.ndarray, patients: n
                     int(valid.size), int(resampled.size - valid.size))
 
 
-def _continuous(true: np.ndarray, pred: np.ndarray, weights: np.ndarray) -> tuple[float, np.ndarray, float, np.ndarray]:
-    """(Pearson r, resampled r, MAE, resampled MAE) of paired log10 values."""
-    r = float(pearsonr(pred, true).statistic) if true.size >= 2 and np.ptp(true) > 0 and np.ptp(pred) > 0 else math.nan
-    mae = float(np.mean(np.abs(pred - true))) if true.size else math.nan
-    return r, weighted_pearson(pred, true, weights), mae, weighted_mae(pred, true, weights)
+def _point_estimates(continuous: dict, tasks: list[BinaryTask]) -> tuple[dict[str, float], dict]:
+    """Point estimates by scipy / sklearn, and the Youden cut-offs."""
+    point, youden = {}, {}
+    for test, (true, pred, _) in continuous.items():
+        varied = true.size >= 2 and np.ptp(true) > 0 and np.ptp(pred) > 0
+        point[f"pearson_r_log10_{test}"] = float(pearsonr(pred, true).statistic) if varied else math.nan
+        point[f"mae_log10_{test}"] = float(np.mean(np.abs(pred - true))) if true.size else math.nan
+    for task in tasks:
+        two_classes = 0 < task.labels.sum() < task.labels.size
+        point[f"auc_{task.name}"] = float(roc_auc_score(task.labels, task.scores)) if two_classes else math.nan
+        sens, spec, cut = youden_point(task.labels, task.scores) if two_classes else (math.nan,) * 3
+        point[f"sensitivity_{task.name}"], point[f"specificity_{task.name}"] = sens, spec
+        finite = math.isfinite(cut)
+        youden[task.name] = {
+            "title": task.title, "score_margin_log10": cut if finite else None,
+            "predicted_cutoff_pg_ml": 10 ** (cut + task.offset_log10) if finite and task.offset_log10 is not None
+            else None,
+            "n_positive": int(task.labels.sum()), "n_negative": int(task.labels.size - task.labels.sum())}
+    return point, youden
+
+
+def _resampled(continuous: dict, tasks: list[BinaryTask], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric on each row of weights [B, n_rows]."""
+    out = {}
+    for test, (true, pred, rows) in continuous.items():
+        out[f"pearson_r_log10_{test}"] = weighted_pearson(pred, true, weights[:, rows])
+        out[f"mae_log10_{test}"] = weighted_mae(pred, true, weights[:, rows])
+    for task in tasks:
+        counts = _grouped_counts(task.labels, task.scores, weights[:, task.rows])  # shared by AUC and Youden
+        out[f"auc_{task.name}"] = _auc_from_counts(*counts[1:])
+        sensitivity, specificity, _ = _youden_from_counts(*counts)
+        out[f"sensitivity_{task.name}"], out[f"specificity_{task.name}"] = sensitivity, specificity
+    return out
 
 
 def compute_metrics(table: Mapping, *, n_boot: int = 2000, seed: int = 0, ci_level: float = 0.95,
@@ -232,32 +275,28 @@ def compute_metrics(table: Mapping, *, n_boot: int = 2000, seed: int = 0, ci_lev
     if missing:
         raise KeyError(f"table lacks columns {missing}")
     patients = np.asarray(table["patient_id"]).astype(str)
-    units = patients if cluster == "patient" else np.arange(patients.size)
-    weights = bootstrap_weights(units, n_boot, seed)
-    results: dict[str, Estimate] = {}
+    continuous = {}
     for test in ("bnpp", "bnp"):
         true = np.asarray(table[f"true_log10_{test}"], dtype=np.float64)
         pred = np.asarray(table[f"pred_log10_{test}"], dtype=np.float64)
         rows = np.isfinite(true) & np.isfinite(pred)
-        r, r_boot, mae, mae_boot = _continuous(true[rows], pred[rows], weights[:, rows])
-        results[f"pearson_r_log10_{test}"] = _estimate(r, r_boot, rows, patients, ci_level)
-        results[f"mae_log10_{test}"] = _estimate(mae, mae_boot, rows, patients, ci_level)
-    youden_thresholds = {}
-    for task in binary_tasks(table, thresholds):
-        w = weights[:, task.rows]
-        two_classes = 0 < task.labels.sum() < task.labels.size
-        auc = float(roc_auc_score(task.labels, task.scores)) if two_classes else math.nan
-        sens, spec, cut = youden_point(task.labels, task.scores) if two_classes else (math.nan,) * 3
-        sens_boot, spec_boot, _ = weighted_youden(task.labels, task.scores, w)
-        results[f"auc_{task.name}"] = _estimate(auc, weighted_auc(task.labels, task.scores, w), task.rows,
-                                                patients, ci_level)
-        results[f"sensitivity_{task.name}"] = _estimate(sens, sens_boot, task.rows, patients, ci_level)
-        results[f"specificity_{task.name}"] = _estimate(spec, spec_boot, task.rows, patients, ci_level)
-        youden_thresholds[task.name] = {
-            "title": task.title, "score_margin_log10": None if not math.isfinite(cut) else cut,
-            "predicted_cutoff_pg_ml": (10 ** (cut + task.offset_log10)
-                                       if task.offset_log10 is not None and math.isfinite(cut) else None),
-            "n_positive": int(task.labels.sum()), "n_negative": int(task.labels.size - task.labels.sum())}
+        continuous[test] = (true[rows], pred[rows], rows)
+    tasks = binary_tasks(table, thresholds)
+    point, youden = _point_estimates(continuous, tasks)
+    codes, counts = cluster_counts(patients if cluster == "patient" else np.arange(patients.size), n_boot, seed)
+    # Resamples in chunks of at most CHUNK_VALUES weights, so memory stays flat for large test sets.
+    chunk = max(1, CHUNK_VALUES // max(patients.size, 1))
+    boot: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n_boot, chunk):
+        weights = counts[start:start + chunk][:, codes].astype(np.float64)
+        for name, values in _resampled(continuous, tasks, weights).items():
+            boot.setdefault(name, []).append(values)
+    rows_of = {**{f"{kind}_log10_{test}": rows for test, (_, _, rows) in continuous.items()
+                  for kind in ("pearson_r", "mae")},
+               **{f"{kind}_{task.name}": task.rows for task in tasks
+                  for kind in ("auc", "sensitivity", "specificity")}}
+    estimates = {name: _estimate(point[name], np.concatenate(boot[name]), rows_of[name], patients,
+                                 ci_level).to_dict() for name in point}
     return {
         "n_images": int(patients.size),
         "n_patients": int(np.unique(patients).size),
@@ -266,6 +305,6 @@ def compute_metrics(table: Mapping, *, n_boot: int = 2000, seed: int = 0, ci_lev
         "thresholds_pg_ml": {"bnpp": thresholds.bnpp_pg_ml, "bnp": thresholds.bnp_pg_ml},
         "scores": SCORE_DEFINITIONS,
         "labels": LABEL_DEFINITIONS,
-        "youden": youden_thresholds,
-        "metrics": {name: estimate.to_dict() for name, estimate in results.items()},
+        "youden": youden,
+        "metrics": estimates,
     }

@@ -45,7 +45,8 @@ def records(tmp_path_factory):
         bnp, bnpp = 10 ** (INTERCEPT + SLOPE * fraction + rng.normal(0, LAB_NOISE_LOG10, 2))
         bnp_cell = "" if i % 4 == 3 else f"{bnp:.1f}"  # a quarter without BNP
         bnpp_cell = ">35000" if bnpp > 35000 else f"{bnpp:.1f}"
-        lines.append(f"MRN{i // IMAGES_PER_PATIENT:03d},im{i}.png,2021-03-{i % 28 + 1:02d},{bnp_cell},{bnpp_cell},PA,test")
+        patient = f"MRN{i // IMAGES_PER_PATIENT:03d}"
+        lines.append(f"{patient},im{i}.png,2021-03-{i % 28 + 1:02d},{bnp_cell},{bnpp_cell},PA,test")
     for i in range(2):
         cv2.imwrite(str(root / f"train{i}.png"), banded_image(0.5, rng))
         lines.append(f"TRAIN{i},train{i}.png,2021-04-01,,500,PA,train")
