@@ -140,6 +140,9 @@ def test_pipeline_rejects_match_planted_defects(cohort, summary):
     assert planted and planted <= got
     no_label = {r.image_path for r in manifest.rejects if r.reason == "no_label"}
     assert no_label == set(summary["expected_no_label_images"])
+    # Image-stage defects reach the decoder: they are labelled and pass manifest validation.
+    passed = {row.image_path for row in manifest.rows}
+    assert {d["image_path"] for d in summary["planted_defects"] if d["stage"] == "image"} <= passed
 
 
 @pytest.mark.parametrize("kind", sorted(DEFECTS))

@@ -8,7 +8,7 @@ not depend on how many worker processes render them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -204,11 +204,18 @@ def _manifest_row(study: Study) -> dict:
 
 def _plant_defects(rng: np.random.Generator, plan: CohortPlan) -> None:
     """A few deterministic defects, each recorded with the reject the pipeline should give."""
+    # Image-stage defects need a paired lab, or the row would stop earlier as no_label.
+    paired = expected_pairing(plan)
+    labelled = [i for i, study in enumerate(plan.studies) if paired[study.image_path]]
     # The truncated file is an uncompressed one: its header still parses, only the pixel data is short.
-    uncompressed = [i for i, study in enumerate(plan.studies) if study.acquisition.transfer_syntax == "explicit_vr_le"]
-    truncated = int(rng.choice(uncompressed))
-    others = [i for i in range(len(plan.studies)) if i != truncated]
-    lateral, lateral_row, bad_date, duplicated = (int(i) for i in rng.choice(others, 4, replace=False))
+    uncompressed = [i for i in labelled if plan.studies[i].acquisition.transfer_syntax == "explicit_vr_le"]
+    truncated = int(rng.choice(uncompressed or labelled))
+    if not uncompressed:
+        plan.studies[truncated].acquisition = replace(plan.studies[truncated].acquisition,
+                                                      transfer_syntax="explicit_vr_le")
+    lateral = int(rng.choice([i for i in labelled if i != truncated]))
+    others = [i for i in range(len(plan.studies)) if i not in (truncated, lateral)]
+    lateral_row, bad_date, duplicated = (int(i) for i in rng.choice(others, 3, replace=False))
     chosen = [truncated, lateral, lateral_row, bad_date, duplicated]
     plan.studies[truncated].defect = "truncated_dicom"
     plan.studies[lateral].defect = "lateral_dicom"
