@@ -165,7 +165,7 @@ def test_planted_defect_present(cohort, summary, kind):
         with pytest.raises(LabValueError):
             parse_datetime(row["study_datetime"])
     elif kind == "lateral_dicom":
-        assert pydicom.dcmread(path).ViewPosition == "LL" and row["view"] == "PA" or row["view"] == "AP"
+        assert pydicom.dcmread(path).ViewPosition == "LL" and row["view"] in ("PA", "AP")
     if kind in ("truncated_dicom", "lateral_dicom") and RadiographError is not None:
         with pytest.raises(RadiographError) as error:
             read_radiograph(path)

@@ -114,8 +114,13 @@ def mediastinum_extent(ys: np.ndarray, a: Anatomy, side: int) -> np.ndarray:
 
 
 def medial_edge(ys: np.ndarray, a: Anatomy, side: int) -> np.ndarray:
-    """Distance from the midline to the medial lung edge: mediastinum or heart, whichever is wider."""
-    return np.maximum(mediastinum_extent(ys, a, side), heart_extent(ys, a, side))
+    """Distance from the midline to the medial lung edge: mediastinum or heart, whichever is wider.
+
+    Near the apex the medial edge swings laterally, so each apex is a rounded dome over the middle of
+    the hemithorax rather than a point beside the trachea.
+    """
+    apex = 0.45 * a.thorax_half_width * np.clip(1.0 - (ys - a.y_apex) / 0.07, 0.0, 1.0) ** 2
+    return np.maximum(mediastinum_extent(ys, a, side) + apex, heart_extent(ys, a, side))
 
 
 def dome_curve(xs: np.ndarray, a: Anatomy, side: int) -> np.ndarray:

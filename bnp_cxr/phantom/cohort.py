@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
@@ -99,8 +99,6 @@ def _render_and_write(task: tuple[str, dict, Study]) -> dict:
     stored = to_stored(rendered.display, study.acquisition)
     identity = study.identity
     if study.defect == "lateral_dicom":
-        from dataclasses import replace
-
         identity = replace(identity, view_position="LL")
     ds = build_dataset(stored, study.acquisition, identity, config.pixel_spacing_mm, config.seed, study.spec.index,
                        burned_in_annotation=study.spec.view == "AP")

@@ -7,7 +7,7 @@ Density is in display convention: air 0, aerated lung ~0.2, soft tissue ~0.5, bo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -105,8 +105,7 @@ def render_study(spec: StudySpec, config: CohortConfig) -> Rendered:
 
 
 def _reposition(a: anat.Anatomy, rng: np.random.Generator) -> anat.Anatomy:
-    from dataclasses import replace
-
+    """Per-study positioning: the same patient never lies exactly the same way twice."""
     dy = rng.normal(0.0, 0.008)
     return replace(a, cx=a.cx + rng.normal(0.0, 0.01), spine_shift=a.spine_shift + rng.normal(0.0, 0.003),
                    y_apex=a.y_apex + dy, y_dome_right=a.y_dome_right + dy, y_dome_left=a.y_dome_left + dy,
