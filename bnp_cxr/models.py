@@ -1,0 +1,194 @@
+"""CNN regressors: a grayscale radiograph in [0, 1] -> [log10 BNP, log10 BNPP].
+
+Huynh et al. (MIDL 2022) fine-tune an ImageNet ResNet152; resnet50, densenet121 and efficientnetv2s
+from `keras.applications` are offered as alternatives, and `small_cnn` trains on a laptop CPU.
+Every model is ONE flat functional graph: the backbone is built on our input tensor
+(`input_tensor=`) and the final Model is made from the flattened tensors, so each conv layer is
+addressable with `model.get_layer(name)`, which Grad-CAM needs (no nested sub-Model).
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import keras
+from keras import layers
+
+OUTPUT_NAME = "log10_bnp_bnpp"
+POOL_NAME = "global_pool"
+STEM_NAME = "grayscale_stem"
+SMALL_CNN_FEATURES = "features"
+WEIGHTS_SUFFIXES = (".weights.h5", ".keras")
+
+# ImageNet input conventions of keras.applications.imagenet_utils.preprocess_input, applied to a
+# gray image replicated to 3 channels: channel c = x * scale[c] + offset[c] for x in [0, 1].
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN_RGB, _TORCH_STD_RGB = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_STEMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    # caffe: RGB->BGR on 0..255 then BGR mean subtraction (ResNet); for gray, only the means' order matters.
+    "caffe": ((255.0,) * 3, tuple(-m for m in _CAFFE_MEAN_BGR)),
+    # torch: 0..1 then per-channel mean/std (DenseNet).
+    "torch": (tuple(1.0 / s for s in _TORCH_STD_RGB), tuple(-m / s for m, s in zip(_TORCH_MEAN_RGB, _TORCH_STD_RGB))),
+    # raw255: the backbone normalises 0..255 itself (EfficientNetV2 include_preprocessing=True).
+    "raw255": ((255.0,) * 3, (0.0,) * 3),
+}
+# From scratch, a single channel centred on 0 is enough: the first BatchNorm learns the rest.
+SCRATCH_STEM = ((2.0,), (-1.0,))
+
+
+class WeightsDownloadError(RuntimeError):
+    """ImageNet weights could not be downloaded (keras.applications fetches them on first use)."""
+
+
+@keras.saving.register_keras_serializable(package="bnp_cxr")
+class GrayscaleStem(layers.Layer):
+    """Grayscale [B, H, W, 1] in [0, 1] -> len(scale) channels, channel c = x * scale[c] + offset[c]."""
+
+    def __init__(self, scale: tuple[float, ...], offset: tuple[float, ...], **kwargs):
+        # float32 even under mixed precision: caffe means on a 0..255 scale need more than float16's 8 bits.
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if len(scale) != len(offset):
+            raise ValueError(f"scale and offset differ in length: {scale} vs {offset}")
+        self.scale, self.offset = tuple(float(s) for s in scale), tuple(float(o) for o in offset)
+
+    def call(self, inputs):
+        scale = keras.ops.convert_to_tensor(self.scale, dtype=self.compute_dtype)
+        offset = keras.ops.convert_to_tensor(self.offset, dtype=self.compute_dtype)
+        return inputs * scale + offset
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], len(self.scale))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "scale": list(self.scale), "offset": list(self.offset)}
+
+
+def small_cnn_features(x, widths: tuple[int, ...] = (24, 48, 96, 160)):
+    """A few conv blocks (stride-2 stem, then conv-BN-ReLU pairs and 2x max pools); 1/16 resolution output."""
+    x = layers.Conv2D(16, 5, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    for block, width in enumerate(widths, start=1):
+        # The first block is a single conv: it runs at half resolution, where convs cost the most.
+        for conv in range(1 if block == 1 else 2):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv{conv + 1}")(x)
+            x = layers.BatchNormalization(name=f"block{block}_bn{conv + 1}")(x)
+            last = block == len(widths) and conv == 1
+            x = layers.ReLU(name=SMALL_CNN_FEATURES if last else f"block{block}_relu{conv + 1}")(x)
+        if block < len(widths):
+            x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    return x
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How to build one backbone on an input tensor; `imagenet_stem` None = no ImageNet weights exist."""
+
+    build: Callable  # (input_tensor, weights, imagenet_stem: bool) -> feature tensor [B, h, w, C]
+    imagenet_stem: str | None = None
+    notes: str = field(default="", compare=False)
+
+
+def _application(constructor_name: str, **imagenet_kwargs) -> Callable:
+    def build(x, weights, imagenet: bool):
+        constructor = getattr(keras.applications, constructor_name)
+        extra = imagenet_kwargs if imagenet else {key: False for key in imagenet_kwargs}
+        return constructor(include_top=False, weights=weights, input_tensor=x, **extra).output
+    return build
+
+
+BACKBONES: dict[str, Backbone] = {
+    "resnet152": Backbone(_application("ResNet152"), "caffe", "the paper's backbone (Huynh et al. 2022)"),
+    "resnet50": Backbone(_application("ResNet50"), "caffe"),
+    "densenet121": Backbone(_application("DenseNet121"), "torch"),
+    # include_preprocessing=True: EfficientNetV2 rescales 0..255 inputs itself (keras.applications docs).
+    "efficientnetv2s": Backbone(_application("EfficientNetV2S", include_preprocessing=True), "raw255"),
+    "small_cnn": Backbone(lambda x, weights, imagenet: small_cnn_features(x), None, "a small CNN for CPUs"),
+}
+
+
+def _graph(backbone: str, size: int, *, imagenet_stem: bool, download: bool, dropout: float) -> keras.Model:
+    """The model graph; imagenet_stem: 3-channel ImageNet-style input; download: fetch ImageNet weights."""
+    spec = BACKBONES[backbone]
+    image = keras.Input((size, size, 1), name="image", dtype="float32")
+    scale, offset = IMAGENET_STEMS[spec.imagenet_stem] if imagenet_stem else SCRATCH_STEM
+    x = GrayscaleStem(scale, offset, name=STEM_NAME)(image)
+    try:
+        features = spec.build(x, "imagenet" if download else None, imagenet_stem)
+    except Exception as error:  # keras' get_file raises a bare Exception("URL fetch failure ...")
+        if download and ("URL fetch failure" in str(error) or isinstance(error, (urllib.error.URLError, OSError))):
+            raise WeightsDownloadError(
+                f"could not download the ImageNet weights of {backbone} ({error}). keras.applications fetches them "
+                "from the internet on first use into ~/.keras/models ($KERAS_HOME); without internet access, copy "
+                "the file there from a connected machine, pass a local weights file, or use weights=None") from error
+        raise
+    x = layers.GlobalAveragePooling2D(name=POOL_NAME)(features)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    # float32 outputs under mixed precision: log10 values and the L1 loss need more than float16 gives.
+    outputs = layers.Dense(2, activation="linear", dtype="float32", name=OUTPUT_NAME)(x)
+    # A fresh Model over the flat tensors (the application's own Model object is discarded).
+    return keras.Model(image, outputs, name=f"{backbone}_{size}px")
+
+
+def build_model(backbone: str, size: int, *, weights: str | None = None, dropout: float = 0.2) -> keras.Model:
+    """A regressor [B, size, size, 1] in [0, 1] -> float32 [B, 2] = [log10 BNP, log10 BNPP].
+
+    weights: None (from scratch, 1-channel stem), "imagenet" (3-channel replicated input with the
+    backbone's own ImageNet preprocessing in the graph), or a path to a .weights.h5 / .keras file of a
+    model with the same backbone and size (either stem; the one that fits is used).
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    imagenet_ok = BACKBONES[backbone].imagenet_stem is not None
+    if weights is None or weights == "imagenet":
+        if weights == "imagenet" and not imagenet_ok:
+            raise ValueError(f"{backbone} has no ImageNet weights; use weights=None")
+        imagenet = weights == "imagenet"
+        return _graph(backbone, size, imagenet_stem=imagenet, download=imagenet, dropout=dropout)
+    path = Path(weights)
+    if not path.name.endswith(WEIGHTS_SUFFIXES):
+        raise ValueError(f"weights file {path} must end with one of {WEIGHTS_SUFFIXES} (or pass 'imagenet' / None)")
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found")
+    errors = []
+    # A run started from ImageNet keeps the 3-channel stem, a scratch run the 1-channel one: try both.
+    for imagenet_stem in (False, True) if imagenet_ok else (False,):
+        model = _graph(backbone, size, imagenet_stem=imagenet_stem, download=False, dropout=dropout)
+        try:
+            model.load_weights(path)
+            return model
+        except ValueError as error:
+            errors.append(f"{'3' if imagenet_stem else '1'}-channel stem: {error}")
+    raise ValueError(f"{path} does not fit a {backbone} model at {size} px: " + " | ".join(errors))
+
+
+def last_conv_layer_name(model: keras.Model) -> str:
+    """Name of the layer whose output is the last spatial feature map (the global pool's input), for Grad-CAM."""
+    try:
+        pool_input = model.get_layer(POOL_NAME).input
+        return pool_input._keras_history.operation.name
+    except ValueError:  # not one of ours: fall back to the last layer with a 4-D output
+        for layer in reversed(model.layers):
+            try:
+                rank = len(layer.output.shape)
+            except (AttributeError, ValueError):  # layers shared between graphs have no single output
+                continue
+            if rank == 4:
+                return layer.name
+    raise ValueError(f"{model.name} has no layer with a spatial (4-D) output")
+
+
+def load_model(path: str | Path, *, compile: bool = False) -> keras.Model:
+    """Load a saved run model (model.keras) with the project's custom layers, loss and metrics."""
+    import bnp_cxr.training.losses  # noqa: F401  - registers MaskedL1 and the metrics for compile=True
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} not found")
+    return keras.saving.load_model(path, compile=compile)

@@ -1,0 +1,158 @@
+"""TrainConfig: every option of a training run, presets, and resolution of the 'auto' choices."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from bnp_cxr.models import BACKBONES
+
+DEFAULT_RECORDS = "work/records"
+DEFAULT_RUNS = "work/runs"
+SCHEDULES = ("constant", "cosine")
+MIXED_PRECISION = ("auto", "on", "off")
+CPU_BACKBONE, GPU_BACKBONE = "small_cnn", "resnet152"
+CONFIG_FILE = "config.json"
+
+# Huynh et al. (MIDL 2022): ImageNet ResNet152, L1 on log10 labels, Adam, their patient split (here: the
+# records' split). The abstract gives no learning rate; 1e-4 is the usual Adam rate for fine-tuning.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"backbone": "resnet152", "weights": "imagenet", "loss_weights": (1.0, 1.0), "lr": 1e-4,
+              "schedule": "constant"},
+}
+# Options that define what a run learns: a resumed run must keep them (epochs may grow).
+IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "lr", "schedule", "warmup_epochs",
+                   "mixed_precision", "seed", "augment", "loss_weights", "dropout")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a training run; None / 'auto' fields are filled in by `resolve`."""
+
+    records_dir: str = DEFAULT_RECORDS
+    size: int = 256
+    backbone: str | None = None  # None: small_cnn without a GPU, resnet152 with one
+    weights: str | None = None  # None (from scratch), "imagenet" or a .weights.h5 / .keras path
+    epochs: int = 20
+    batch_size: int = 32  # global: split across replicas
+    lr: float = 1e-3
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0  # linear warm-up from 0 to lr, then the schedule
+    mixed_precision: str = "auto"  # auto = on when a GPU is visible
+    seed: int = 0
+    run_dir: str | None = None  # None: work/runs/size{size}
+    resume: bool = False
+    augment: bool = True
+    loss_weights: tuple[float, float] = (1.0, 1.0)  # [BNP, BNPP]
+    dropout: float = 0.2
+    cache: bool = False  # keep the serialised records in memory after the first epoch
+    shuffle_buffer: int = 1024
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.size < 32:
+            problems.append(f"size must be >= 32 px, got {self.size}")
+        if self.backbone is not None and self.backbone not in BACKBONES:
+            problems.append(f"backbone must be one of {sorted(BACKBONES)}, got {self.backbone!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.shuffle_buffer < 1:
+            problems.append("epochs, batch_size and shuffle_buffer must be >= 1")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            problems.append(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            problems.append(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if len(self.loss_weights) != 2 or min(self.loss_weights) < 0 or not any(self.loss_weights):
+            problems.append(f"loss_weights must be two non-negative numbers, not both 0, got {self.loss_weights}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.preset is not None and self.preset not in PRESETS:
+            problems.append(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def run_path(self) -> Path:
+        """The run folder: run_dir, or work/runs/size{size}."""
+        return Path(self.run_dir) if self.run_dir else Path(DEFAULT_RUNS) / f"size{self.size}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as JSON-ready values."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """A config from `to_json` output (unknown keys, e.g. versions in config.json, are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kept = {key: value for key, value in values.items() if key in names}
+        if "loss_weights" in kept:
+            kept["loss_weights"] = tuple(kept["loss_weights"])
+        return cls(**kept)
+
+
+def make_config(options: Mapping[str, Any], *, preset: str | None = None, resume: bool = False) -> TrainConfig:
+    """Defaults < preset < options; with resume, the run's saved config.json replaces defaults and preset.
+
+    `options` holds only what the user set explicitly (e.g. CLI flags that were given).
+    """
+    unknown = set(options) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values: dict[str, Any] = {**(PRESETS[preset] if preset else {}), "preset": preset}
+    values.update(options)
+    values["resume"] = resume
+    config = TrainConfig(**values)
+    saved = config.run_path / CONFIG_FILE
+    if resume and saved.is_file():
+        stored = TrainConfig.from_json(json.loads(saved.read_text()))
+        config = dataclasses.replace(stored, **{**({"preset": preset} if preset else {}),
+                                               **(PRESETS[preset] if preset else {}), **options, "resume": True})
+    return config
+
+
+def gpus_visible() -> int:
+    """Number of GPUs TensorFlow sees."""
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def resolve(config: TrainConfig, n_gpus: int) -> tuple[TrainConfig, list[str]]:
+    """Fill in backbone, mixed precision and run_dir; returns the resolved config and why each choice was made."""
+    notes = []
+    changes: dict[str, Any] = {"records_dir": os.path.abspath(config.records_dir),
+                               "run_dir": os.path.abspath(config.run_path)}
+    if config.weights not in (None, "imagenet"):
+        changes["weights"] = os.path.abspath(config.weights)
+    if config.backbone is None:
+        if n_gpus:
+            changes["backbone"] = GPU_BACKBONE
+            notes.append(f"No --backbone given and {n_gpus} GPU(s) visible: using {GPU_BACKBONE} "
+                         "(the paper's backbone).")
+        else:
+            changes["backbone"] = CPU_BACKBONE
+            notes.append(f"No --backbone given and no GPU visible: using {CPU_BACKBONE} ({GPU_BACKBONE} at "
+                         f"{config.size} px would take hours per epoch on a CPU); pass --backbone {GPU_BACKBONE} "
+                         "to override.")
+    if config.mixed_precision == "auto":
+        changes["mixed_precision"] = "on" if n_gpus else "off"
+        notes.append(f"Mixed precision {changes['mixed_precision']} ({'a' if n_gpus else 'no'} GPU visible).")
+    elif config.mixed_precision == "on" and not n_gpus:
+        notes.append("Mixed precision on without a GPU: float16 is slow on most CPUs.")
+    return dataclasses.replace(config, **changes), notes
+
+
+def identity_mismatches(saved: TrainConfig, current: TrainConfig) -> list[str]:
+    """The identity options in which a resumed run differs from the one it continues."""
+    return [f"{name}: {getattr(saved, name)!r} -> {getattr(current, name)!r}" for name in IDENTITY_FIELDS
+            if getattr(saved, name) != getattr(current, name)]

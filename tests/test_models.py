@@ -1,0 +1,154 @@
+"""Models: flat graphs with addressable conv layers, grayscale stems, ImageNet path, weight files, loading."""
+
+import keras
+import numpy as np
+import pytest
+
+from bnp_cxr import models
+from bnp_cxr.models import (BACKBONES, IMAGENET_STEMS, OUTPUT_NAME, STEM_NAME, GrayscaleStem, WeightsDownloadError,
+                            build_model, last_conv_layer_name, load_model)
+
+SIZE = 64
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(0).random((2, SIZE, SIZE, 1)).astype("float32")
+
+
+@pytest.fixture
+def float32_policy():
+    """Leave the global dtype policy as it was, whatever a test sets."""
+    previous = keras.mixed_precision.global_policy()
+    yield
+    keras.mixed_precision.set_global_policy(previous)
+
+
+@pytest.mark.parametrize("backbone, last_conv", [
+    ("resnet152", "conv5_block3_out"),
+    ("resnet50", "conv5_block3_out"),
+    ("densenet121", "relu"),
+    ("efficientnetv2s", "top_activation"),
+    ("small_cnn", "features"),
+])
+def test_every_backbone_is_one_flat_graph_with_an_addressable_last_conv(backbone, last_conv, images):
+    model = build_model(backbone, SIZE)
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)  # no nested sub-model
+    assert model.input_shape == (None, SIZE, SIZE, 1) and model.output_shape == (None, 2)
+    assert model.get_layer(STEM_NAME).output.shape[-1] == 1  # from scratch: a 1-channel stem
+    assert last_conv_layer_name(model) == last_conv
+    grad_model = keras.Model(model.inputs, [model.get_layer(last_conv).output, model.output])
+    features, outputs = grad_model(images)
+    assert len(features.shape) == 4 and features.shape[1] == features.shape[2] >= 2
+    assert outputs.dtype == "float32"
+    np.testing.assert_allclose(outputs, model(images), rtol=1e-5, atol=1e-6)
+
+
+def test_mixed_precision_keeps_float32_outputs(float32_policy, images):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    model = build_model("small_cnn", SIZE)
+    features = model.get_layer(last_conv_layer_name(model)).output
+    assert features.dtype == "float16" and model.get_layer(OUTPUT_NAME).output.dtype == "float32"
+    assert model(images).dtype == "float32"
+
+
+@pytest.mark.parametrize("backbone, reference", [
+    ("resnet50", keras.applications.resnet.preprocess_input),  # caffe: BGR, mean subtraction on 0..255
+    ("densenet121", keras.applications.densenet.preprocess_input),  # torch: 0..1, mean / std
+    ("efficientnetv2s", keras.applications.efficientnet_v2.preprocess_input),  # 0..255 pass-through
+])
+def test_imagenet_stem_equals_the_backbones_own_preprocessing(backbone, reference, images):
+    stem = GrayscaleStem(*IMAGENET_STEMS[BACKBONES[backbone].imagenet_stem])
+    rgb_255 = np.repeat(images * 255.0, 3, axis=-1)
+    np.testing.assert_allclose(stem(images), reference(rgb_255.copy()), rtol=1e-5, atol=1e-4)
+
+
+@pytest.fixture
+def fake_download(monkeypatch, tmp_path):
+    """keras' get_file serving a legacy .h5 of a 3-channel DenseNet121 (what the ImageNet download provides)."""
+    from keras.src.legacy.saving import legacy_h5_format
+    from keras.src.utils import file_utils
+
+    import h5py
+
+    source = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
+    path = tmp_path / "densenet121_notop.h5"
+    with h5py.File(path, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, source)
+    monkeypatch.setattr(file_utils, "get_file", lambda *args, **kwargs: str(path))
+    return source
+
+
+def test_imagenet_weights_load_and_preprocessing_runs_in_the_graph(fake_download, images):
+    model = build_model("densenet121", SIZE, weights="imagenet")
+    assert model.get_layer(STEM_NAME).output.shape[-1] == 3
+    features = keras.Model(model.inputs, model.get_layer(last_conv_layer_name(model)).output)(images)
+    # Users feed [0, 1] grayscale; the graph must equal the reference pipeline on 0..255 RGB.
+    rgb = keras.applications.densenet.preprocess_input(np.repeat(images * 255.0, 3, axis=-1))
+    np.testing.assert_allclose(features, fake_download(rgb, training=False), rtol=1e-4, atol=1e-4)
+
+
+def test_failed_imagenet_download_says_so(monkeypatch):
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):  # what keras raises when the host cannot be reached
+        raise Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -3] "
+                        "Temporary failure in name resolution")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(WeightsDownloadError, match="could not download the ImageNet weights of resnet50"):
+        build_model("resnet50", SIZE, weights="imagenet")
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_weights_file_restores_a_scratch_model(tmp_path, suffix, images):
+    trained = build_model("small_cnn", SIZE)
+    trained.get_layer(OUTPUT_NAME).bias.assign([1.5, 2.5])  # differ from a fresh initialisation
+    path = tmp_path / f"run{suffix}"
+    trained.save_weights(path) if suffix == ".weights.h5" else trained.save(path)
+    restored = build_model("small_cnn", SIZE, weights=str(path))
+    np.testing.assert_allclose(restored(images), trained(images), rtol=1e-6)
+
+
+def test_weights_file_of_an_imagenet_run_gets_the_three_channel_stem(fake_download, tmp_path, images):
+    trained = build_model("densenet121", SIZE, weights="imagenet")
+    trained.save_weights(tmp_path / "run.weights.h5")
+    restored = build_model("densenet121", SIZE, weights=str(tmp_path / "run.weights.h5"))
+    assert restored.get_layer(STEM_NAME).scale == trained.get_layer(STEM_NAME).scale
+    np.testing.assert_allclose(restored(images), trained(images), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone, weights, kwargs, error, match", [
+    ("vgg16", None, {}, ValueError, "unknown backbone"),
+    ("small_cnn", "imagenet", {}, ValueError, "no ImageNet weights"),
+    ("small_cnn", None, {"dropout": 1.0}, ValueError, "dropout"),
+    ("small_cnn", "missing.weights.h5", {}, FileNotFoundError, "not found"),
+    ("small_cnn", "weights.pt", {}, ValueError, "must end with"),
+])
+def test_bad_arguments_are_rejected(backbone, weights, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        build_model(backbone, SIZE, weights=weights, **kwargs)
+
+
+def test_weights_file_of_another_architecture_is_rejected(tmp_path):
+    build_model("small_cnn", 2 * SIZE).save_weights(tmp_path / "other.weights.h5")
+    with pytest.raises(ValueError, match="does not fit a resnet50 model"):
+        build_model("resnet50", SIZE, weights=str(tmp_path / "other.weights.h5"))
+
+
+def test_load_model_round_trip(tmp_path, images):
+    model = build_model("small_cnn", SIZE)
+    model.save(tmp_path / "model.keras")
+    loaded = load_model(tmp_path / "model.keras")
+    assert isinstance(loaded.get_layer(STEM_NAME), GrayscaleStem)
+    np.testing.assert_allclose(loaded(images), model(images), rtol=1e-6)
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "absent.keras")
+
+
+def test_last_conv_layer_name_falls_back_to_the_last_spatial_layer():
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Conv2D(4, 3, name="conv_a")(inputs)
+    x = keras.layers.Conv2D(4, 3, name="conv_b")(x)
+    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(x))
+    assert models.last_conv_layer_name(keras.Model(inputs, outputs)) == "conv_b"

@@ -1,0 +1,317 @@
+"""Training: masked loss and metrics, TrainConfig resolution, run folder, resume, and the train.py CLI."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
+
+from bnp_cxr.records.reader import make_dataset
+from bnp_cxr.training import MaskedL1, MaskedMAE, ThresholdAUC, TrainConfig, make_config, resolve, train
+from bnp_cxr.training.config import identity_mismatches
+from bnp_cxr.training.loop import (BACKUP_DIR, HISTORY_FILE, MODEL_FILE, completed_epochs, data_fingerprint,
+                                   learning_rate, read_history, strategy_kind,
+                                   tensorboard_available)
+
+ROOT = Path(__file__).resolve().parents[1]
+NAN = math.nan
+SPLIT_SIZES = {"train": 24, "val": 8, "test": 4}
+
+
+# ---------------------------------------------------------------- loss and metrics
+
+@pytest.mark.parametrize("y_true, y_pred, weights, expected", [
+    ([[2.0, 3.0]], [[2.5, 2.0]], (1, 1), (0.5 + 1.0) / 2),
+    ([[2.0, NAN], [NAN, 3.0]], [[2.5, 9.0], [9.0, 2.0]], (1, 1), (0.5 + 1.0) / 2),
+    ([[2.0, NAN], [NAN, 3.0]], [[2.5, 9.0], [9.0, 2.0]], (2, 0.5), (2 * 0.5 + 0.5 * 1.0) / 2),
+    ([[NAN, NAN], [NAN, NAN]], [[1.0, 2.0], [3.0, 4.0]], (1, 1), 0.0),
+    ([[2.0, 3.0], [NAN, NAN]], [[2.0, 3.0], [7.0, 7.0]], (1, 1), 0.0),
+])
+def test_masked_l1_case_table(y_true, y_pred, weights, expected):
+    loss = MaskedL1(weights)(np.array(y_true, "float32"), np.array(y_pred, "float32"))
+    assert float(loss) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("y_true", [[[NAN, NAN], [NAN, NAN]], [[2.0, NAN], [NAN, NAN]]])
+def test_masked_l1_gradient_is_finite_and_zero_for_missing_labels(y_true):
+    pred = tf.Variable([[1.0, 2.0], [3.0, 4.0]])
+    with tf.GradientTape() as tape:
+        loss = MaskedL1()(tf.constant(y_true, tf.float32), pred)
+    grad = tape.gradient(loss, pred).numpy()
+    assert np.isfinite(float(loss)) and np.isfinite(grad).all()
+    np.testing.assert_array_equal(grad[np.isnan(np.array(y_true))], 0.0)
+
+
+@pytest.mark.parametrize("weights", [(1.0,), (-1.0, 1.0), (0.0, 0.0)])
+def test_masked_l1_rejects_bad_weights(weights):
+    with pytest.raises(ValueError, match="output_weights"):
+        MaskedL1(weights)
+
+
+@pytest.fixture(scope="module")
+def labelled_predictions():
+    """Targets with ~30% missing per column and noisy predictions of them."""
+    rng = np.random.default_rng(0)
+    truth = rng.normal([2.0, 2.6], 0.6, size=(300, 2)).astype("float32")
+    pred = (truth + rng.normal(0, 0.4, truth.shape)).astype("float32")
+    truth[rng.random(truth.shape) < 0.3] = np.nan
+    return truth, pred
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_masked_mae_matches_numpy(labelled_predictions, index):
+    truth, pred = labelled_predictions
+    metric = MaskedMAE(index)
+    for start in range(0, len(truth), 64):  # several batches accumulate
+        metric.update_state(truth[start:start + 64], pred[start:start + 64])
+    known = ~np.isnan(truth[:, index])
+    assert float(metric.result()) == pytest.approx(np.abs(truth[known, index] - pred[known, index]).mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("index, threshold_pg_ml", [(0, 100.0), (1, 400.0)])
+def test_threshold_auc_matches_sklearn_on_known_labels(labelled_predictions, index, threshold_pg_ml):
+    truth, pred = labelled_predictions
+    metric = ThresholdAUC(index)
+    assert metric.threshold_pg_ml == threshold_pg_ml
+    metric.update_state(truth, pred)
+    known = ~np.isnan(truth[:, index])
+    expected = roc_auc_score(truth[known, index] > math.log10(threshold_pg_ml), pred[known, index])
+    assert float(metric.result()) == pytest.approx(expected, abs=0.01)  # keras bins scores
+
+
+@pytest.mark.parametrize("make", [lambda: MaskedL1((2.0, 0.5)), lambda: MaskedMAE(1), lambda: ThresholdAUC(0, 150.0)])
+def test_loss_and_metrics_round_trip_through_keras_serialisation(make):
+    original = make()
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(original))
+    assert type(restored) is type(original) and restored.get_config() == original.get_config()
+
+
+# ---------------------------------------------------------------- configuration
+
+@pytest.mark.parametrize("n_gpus, given, mixed, want_backbone, want_mixed, says", [
+    (0, None, "auto", "small_cnn", "off", "no GPU visible: using small_cnn"),
+    (1, None, "auto", "resnet152", "on", "1 GPU(s) visible: using resnet152"),
+    (0, "densenet121", "auto", "densenet121", "off", "Mixed precision off"),
+    (2, "small_cnn", "off", "small_cnn", "off", None),
+    (0, "small_cnn", "on", "small_cnn", "on", "slow on most CPUs"),
+])
+def test_resolve_picks_backbone_and_precision(n_gpus, given, mixed, want_backbone, want_mixed, says):
+    config, notes = resolve(TrainConfig(backbone=given, mixed_precision=mixed, size=64), n_gpus)
+    assert (config.backbone, config.mixed_precision) == (want_backbone, want_mixed)
+    assert config.run_dir == os.path.abspath("work/runs/size64") and os.path.isabs(config.records_dir)
+    if says:
+        assert any(says in note for note in notes), notes
+
+
+def test_paper_preset_and_explicit_options_win():
+    paper = make_config({}, preset="paper")
+    assert (paper.backbone, paper.weights, paper.loss_weights, paper.preset) == ("resnet152", "imagenet", (1, 1), "paper")
+    mine = make_config({"lr": 3e-4, "backbone": "resnet50"}, preset="paper")
+    assert (mine.backbone, mine.lr, mine.weights) == ("resnet50", 3e-4, "imagenet")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"schedule": "linear"}, "schedule"), ({"size": 16}, "size"), ({"loss_weights": (0.0, 0.0)}, "loss_weights"),
+    ({"backbone": "vgg16"}, "backbone"), ({"warmup_epochs": 5, "epochs": 5}, "warmup"),
+    ({"mixed_precision": "maybe"}, "mixed_precision"), ({"nonsense": 1}, "unknown options"),
+])
+def test_bad_options_are_rejected(options, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(options)
+
+
+def test_config_json_round_trip_and_identity_mismatches():
+    config = TrainConfig(size=64, loss_weights=(1.0, 2.0), backbone="small_cnn")
+    assert TrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+    longer = TrainConfig(size=64, loss_weights=(1.0, 2.0), backbone="small_cnn", epochs=50)
+    assert identity_mismatches(config, longer) == []
+    assert identity_mismatches(config, TrainConfig(size=128, backbone="small_cnn")) == [
+        "size: 64 -> 128", "loss_weights: (1.0, 2.0) -> (1.0, 1.0)"]
+
+
+@pytest.mark.parametrize("tf_config, n_gpus, expected", [
+    (None, 0, "default"), (None, 1, "default"), (None, 4, "mirrored"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}', 1, "multi_worker"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}', 2, "mirrored"),
+])
+def test_strategy_kind(tf_config, n_gpus, expected):
+    assert strategy_kind(tf_config, n_gpus) == expected
+
+
+@pytest.mark.parametrize("schedule, warmup_epochs, checks", [
+    ("constant", 0, {0: 1e-3, 99: 1e-3}),
+    ("constant", 2, {0: 0.0, 10: 5e-4, 20: 1e-3, 99: 1e-3}),
+    ("cosine", 0, {0: 1e-3, 50: 5e-4, 100: 0.0}),
+    ("cosine", 2, {0: 0.0, 20: 1e-3, 60: 5e-4}),
+])
+def test_learning_rate_schedules(schedule, warmup_epochs, checks):
+    config = TrainConfig(lr=1e-3, schedule=schedule, warmup_epochs=warmup_epochs, epochs=10)
+    rate = learning_rate(config, steps_per_epoch=10)
+    for step, expected in checks.items():
+        value = rate if isinstance(rate, float) else float(rate(step))
+        assert value == pytest.approx(expected, abs=1e-9), step
+
+
+# ---------------------------------------------------------------- tiny records and runs
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """36 radiograph-like PNGs whose bright 'heart' grows with the label; explicit splits; records at 64 px."""
+    from bnp_cxr.manifest import load_manifest
+    from bnp_cxr.records.writer import IngestConfig, write_records
+
+    root = tmp_path_factory.mktemp("archive")
+    rng = np.random.default_rng(1)
+    lines = ["patient_id,image_path,study_datetime,bnp,bnpp,split"]
+    index = 0
+    for split, count in SPLIT_SIZES.items():
+        for _ in range(count):
+            severity = rng.random()
+            image = rng.normal(20000, 1500, (96, 80))
+            yy, xx = np.mgrid[:96, :80]
+            image[(yy - 55) ** 2 + (xx - 42) ** 2 < (8 + 18 * severity) ** 2] += 25000
+            cv2.imwrite(str(root / f"im{index}.png"), np.clip(image, 0, 65535).astype(np.uint16))
+            bnpp = f"{10 ** (1.8 + 2 * severity):.1f}" if index % 3 else ""
+            bnp = f"{10 ** (1.3 + 1.6 * severity):.1f}" if index % 3 == 0 or index % 5 == 0 else ""
+            lines.append(f"P{index},im{index}.png,2021-03-{1 + index % 28:02d},{bnp},{bnpp},{split}")
+            index += 1
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path_factory.mktemp("records")
+    summary = write_records(load_manifest(root / "manifest.csv"), out,
+                            IngestConfig(sizes=(64,), shard_size=10, progress=False))
+    assert summary["per_size"]["64"] == SPLIT_SIZES
+    return out
+
+
+def tiny_config(records, run_dir, **options) -> TrainConfig:
+    base = {"records_dir": str(records), "size": 64, "backbone": "small_cnn", "epochs": 2, "batch_size": 8,
+            "run_dir": str(run_dir), "shuffle_buffer": 64}
+    return make_config({**base, **options})
+
+
+@pytest.fixture(scope="module")
+def finished_run(records, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "size64"
+    return train(tiny_config(records, run_dir), verbose=0, log=lambda _: None)
+
+
+def test_run_folder_holds_model_config_history_and_logs(finished_run, records):
+    from bnp_cxr.models import load_model
+
+    run_dir = finished_run.run_dir
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["size"] == 64 and saved["records_dir"] == str(records) and saved["backbone"] == "small_cnn"
+    assert saved["mixed_precision"] == "off" and saved["seed"] == 0
+    assert set(saved["versions"]) >= {"tensorflow", "keras", "numpy", "bnp_cxr"}
+    assert saved["data"] == data_fingerprint(records, 64) and saved["data"]["images"] == SPLIT_SIZES
+    assert saved["steps_per_epoch"] == SPLIT_SIZES["train"] // 8
+    history = read_history(run_dir / HISTORY_FILE)
+    assert [row["epoch"] for row in history] == [0, 1] and finished_run.epochs_completed == 2
+    assert {"loss", "val_loss", "mae_log10_bnpp", "val_auc_bnpp_gt_400", "val_auc_bnp_gt_100"} <= set(history[0])
+    assert all(math.isfinite(row["loss"]) and math.isfinite(row["val_loss"]) for row in history)
+    assert finished_run.best_val_loss == min(row["val_loss"] for row in history)
+    assert (run_dir / BACKUP_DIR / "latest.weights.h5").is_file()
+    if tensorboard_available():
+        assert list((run_dir / "logs").rglob("*tfevents*"))
+    else:
+        assert not (run_dir / "logs").exists() and any("TensorBoard is not installed" in n for n in finished_run.notes)
+    model = load_model(run_dir / MODEL_FILE, compile=True)
+    assert model.predict(np.zeros((3, 64, 64, 1), "float32"), verbose=0).shape == (3, 2)
+    assert isinstance(model.loss, MaskedL1)
+    # model.keras is the best epoch, and each epoch's validation read the whole val split.
+    val = make_dataset(records, "val", 64, batch_size=8, deterministic=True)
+    scores = model.evaluate(val, verbose=0, return_dict=True)
+    assert scores["loss"] == pytest.approx(finished_run.best_val_loss, rel=1e-4)
+
+
+def test_data_fingerprint_changes_with_the_records(records, tmp_path):
+    import shutil
+
+    copy = tmp_path / "records"
+    shutil.copytree(records, copy)
+    before = data_fingerprint(copy, 64)["sha256"]
+    shard = sorted(copy.glob("val-64px-*.tfrecord"))[0]
+    shard.write_bytes(shard.read_bytes() + b"\0")
+    assert data_fingerprint(copy, 64)["sha256"] != before
+
+
+def test_existing_run_dir_needs_resume(finished_run, records):
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(records, finished_run.run_dir), verbose=0, log=lambda _: None)
+
+
+def test_resume_refuses_changed_settings(finished_run, records):
+    config = make_config({"run_dir": str(finished_run.run_dir), "size": 64, "lr": 0.5}, resume=True)
+    with pytest.raises(ValueError, match="lr: 0.001 -> 0.5"):
+        train(config, verbose=0, log=lambda _: None)
+
+
+class Crash(Exception):
+    """A simulated interruption."""
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Stops training like a crash right after an epoch has been fully recorded."""
+
+    def __init__(self, after_epoch: int):
+        super().__init__()
+        self.after_epoch = after_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.after_epoch:
+            raise Crash(f"interrupted after epoch {epoch}")
+
+
+def test_resume_continues_from_the_last_completed_epoch(records, tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(Crash):
+        train(tiny_config(records, run_dir, epochs=3), callbacks=[Interrupt(1)], verbose=0, log=lambda _: None)
+    assert [row["epoch"] for row in read_history(run_dir / HISTORY_FILE)] == [0, 1]
+    assert completed_epochs(run_dir) == 2
+    # Only the run folder and --resume: the rest comes from the run's config.json.
+    seen = []
+
+    class Epochs(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(epoch)
+
+        def on_train_end(self, logs=None):
+            seen.append(int(self.model.optimizer.iterations.numpy()))
+
+    result = train(make_config({"run_dir": str(run_dir), "size": 64}, resume=True), callbacks=[Epochs()],
+                   verbose=0, log=lambda _: None)
+    steps = SPLIT_SIZES["train"] // 8
+    assert seen == [2, 3 * steps]  # one epoch run; the optimizer's step count was restored
+    assert [row["epoch"] for row in read_history(run_dir / HISTORY_FILE)] == [0, 1, 2]
+    assert result.epochs_completed == 3 and result.config.epochs == 3
+    sessions = json.loads((run_dir / "config.json").read_text())["sessions"]
+    assert [s["initial_epoch"] for s in sessions] == [0, 2]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), "--verbose", "2", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_trains_with_default_backbone_and_refuses_to_clobber(records, tmp_path):
+    env_args = ("--records", str(records), "--size", "64", "--epochs", "1", "--batch-size", "8")
+    first = run_cli(*env_args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "no GPU visible: using small_cnn" in first.stdout
+    assert "1 of 1 epochs done" in first.stdout
+    run_dir = tmp_path / "work" / "runs" / "size64"
+    assert (run_dir / MODEL_FILE).is_file() and (run_dir / "config.json").is_file()
+    with open(run_dir / HISTORY_FILE) as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0"]
+    again = run_cli(*env_args, cwd=tmp_path)
+    assert again.returncode == 2 and "--resume" in again.stderr
