@@ -67,16 +67,18 @@ class GrayscaleStem(layers.Layer):
         return {**super().get_config(), "scale": list(self.scale), "offset": list(self.offset)}
 
 
-def small_cnn_features(x, widths: tuple[int, ...] = (24, 48, 96, 160)):
+def small_cnn_features(x, widths: tuple[int, ...] = (24, 48, 96, 160), bn_momentum: float = 0.9):
     """A few conv blocks (stride-2 stem, then conv-BN-ReLU pairs and 2x max pools); 1/16 resolution output."""
+    # BatchNorm momentum 0.9 (Keras: 0.99): a few hundred images give only ~10 steps per epoch, and
+    # slow moving averages would leave validation on stale statistics for many epochs.
     x = layers.Conv2D(16, 5, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for block, width in enumerate(widths, start=1):
         # The first block is a single conv: it runs at half resolution, where convs cost the most.
         for conv in range(1 if block == 1 else 2):
             x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv{conv + 1}")(x)
-            x = layers.BatchNormalization(name=f"block{block}_bn{conv + 1}")(x)
+            x = layers.BatchNormalization(momentum=bn_momentum, name=f"block{block}_bn{conv + 1}")(x)
             last = block == len(widths) and conv == 1
             x = layers.ReLU(name=SMALL_CNN_FEATURES if last else f"block{block}_relu{conv + 1}")(x)
         if block < len(widths):
@@ -124,7 +126,7 @@ def _graph(backbone: str, size: int, *, imagenet_stem: bool, download: bool, dro
             raise WeightsDownloadError(
                 f"could not download the ImageNet weights of {backbone} ({error}). keras.applications fetches them "
                 "from the internet on first use into ~/.keras/models ($KERAS_HOME); without internet access, copy "
-                "the file there from a connected machine, pass a local weights file, or use weights=None") from error
+                "that file there from a connected machine, or train from scratch (weights=None)") from error
         raise
     x = layers.GlobalAveragePooling2D(name=POOL_NAME)(features)
     x = layers.Dropout(dropout, name="head_dropout")(x)
