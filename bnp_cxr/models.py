@@ -10,7 +10,7 @@ addressable with `model.get_layer(name)`, which Grad-CAM needs (no nested sub-Mo
 from __future__ import annotations
 
 import urllib.error
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -92,24 +92,23 @@ class Backbone:
 
     build: Callable  # (input_tensor, weights, imagenet_stem: bool) -> feature tensor [B, h, w, C]
     imagenet_stem: str | None = None
-    notes: str = field(default="", compare=False)
 
 
 def _application(constructor_name: str, **imagenet_kwargs) -> Callable:
-    def build(x, weights, imagenet: bool):
+    def build(x, weights, imagenet_stem: bool):
         constructor = getattr(keras.applications, constructor_name)
-        extra = imagenet_kwargs if imagenet else {key: False for key in imagenet_kwargs}
+        extra = imagenet_kwargs if imagenet_stem else {key: False for key in imagenet_kwargs}
         return constructor(include_top=False, weights=weights, input_tensor=x, **extra).output
     return build
 
 
 BACKBONES: dict[str, Backbone] = {
-    "resnet152": Backbone(_application("ResNet152"), "caffe", "the paper's backbone (Huynh et al. 2022)"),
+    "resnet152": Backbone(_application("ResNet152"), "caffe"),  # the paper's (Huynh et al. 2022)
     "resnet50": Backbone(_application("ResNet50"), "caffe"),
     "densenet121": Backbone(_application("DenseNet121"), "torch"),
     # include_preprocessing=True: EfficientNetV2 rescales 0..255 inputs itself (keras.applications docs).
     "efficientnetv2s": Backbone(_application("EfficientNetV2S", include_preprocessing=True), "raw255"),
-    "small_cnn": Backbone(lambda x, weights, imagenet: small_cnn_features(x), None, "a small CNN for CPUs"),
+    "small_cnn": Backbone(lambda x, weights, imagenet_stem: small_cnn_features(x)),  # for CPUs
 }
 
 

@@ -294,7 +294,8 @@ def test_resume_continues_from_the_last_completed_epoch(records, tmp_path):
     assert [row["epoch"] for row in read_history(run_dir / HISTORY_FILE)] == [0, 1, 2]
     assert result.epochs_completed == 3 and result.config.epochs == 3
     sessions = json.loads((run_dir / "config.json").read_text())["sessions"]
-    assert [s["initial_epoch"] for s in sessions] == [0, 2]
+    assert [(s["initial_epoch"], s["epochs"], s["resumed"]) for s in sessions] == [(0, 3, False), (2, 3, True)]
+    assert all("tensorflow" in s["versions"] and s["notes"] for s in sessions)
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -285,17 +285,19 @@ def train(config: TrainConfig, *, callbacks: Sequence = (), verbose: int | str =
             model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, steps)),
                           loss=MaskedL1(config.loss_weights), metrics=default_metrics())
         if chief:
+            # Top level: the options and the latest session's environment; each session keeps its own.
+            environment = {"versions": library_versions(),
+                           "hardware": {"gpus": n_gpus, "strategy": kind, "replicas": strategy.num_replicas_in_sync}}
             sessions = (saved or {}).get("sessions", [])
             sessions.append({"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                             "initial_epoch": done, "epochs": config.epochs})
-            _write_json(run_dir / CONFIG_FILE, {
-                **config.to_json(), "versions": library_versions(), "data": fingerprint,
-                "hardware": {"gpus": n_gpus, "strategy": kind, "replicas": strategy.num_replicas_in_sync},
-                "steps_per_epoch": steps, "notes": notes, "sessions": sessions})
+                             "resumed": config.resume, "initial_epoch": done, "epochs": config.epochs,
+                             **environment, "notes": notes})
+            options = {key: value for key, value in config.to_json().items() if key != "resume"}
+            _write_json(run_dir / CONFIG_FILE, {**options, **environment, "data": fingerprint,
+                                                "steps_per_epoch": steps, "sessions": sessions})
         if done < config.epochs:
             model.fit(train_data, validation_data=val_data, epochs=config.epochs, steps_per_epoch=steps,
-                      shuffle=False,
-                      callbacks=_callbacks(out_dir, best, callbacks), verbose=verbose)
+                      shuffle=False, callbacks=_callbacks(out_dir, best, callbacks), verbose=verbose)
         else:
             log(f"{run_dir} already completed {done} of {config.epochs} epochs: nothing to train.")
     finally:
