@@ -28,12 +28,22 @@ def test_letterbox_geometry(height, width, size, expected):
     assert (geometry.scaled_height, geometry.scaled_width, geometry.top, geometry.left) == expected
 
 
-def test_letterbox_binary_half_area_rule():
-    mask = np.zeros((128, 128), np.uint8)
-    mask[:, :64] = 1  # left half set
-    mask[0, 127] = 1  # a single pixel: 1/4 of a target pixel, dropped
-    out = prepare.letterbox_binary(mask, prepare.letterbox_geometry(128, 128, 64))
-    assert out[:, :32].all() and not out[:, 32:].any()
+def test_mask_stack_half_area_rule_and_bits():
+    lung = np.zeros((128, 128), np.uint8)
+    lung[:, :64] = 1  # left half set
+    lung[0, 127] = 1  # a single pixel: 1/4 of a target pixel, dropped
+    components = np.zeros((128, 128), np.uint8)
+    components[:64] |= 4  # top half: bit 2
+    components[:, 66:] |= 16  # right part: bit 4
+    components[100, 10] |= 1  # one pixel of bit 0: vanishes at half size
+    lung_out, bits_out = prepare.MaskStack(lung, components).at(prepare.letterbox_geometry(128, 128, 64))
+    assert lung_out[:, :32].all() and not lung_out[:, 32:].any()
+    assert ((bits_out & 4) > 0)[:32].all() and not (bits_out & 4)[32:].any()
+    assert ((bits_out & 16) > 0)[:, 33:].all() and not (bits_out & 16)[:, :33].any()
+    assert not (bits_out & 1).any()
+    assert prepare.MaskStack(None, None).at(prepare.letterbox_geometry(128, 128, 64)) == (None, None)
+    _, empty_bits = prepare.MaskStack(None, np.zeros((128, 128), np.uint8)).at(prepare.letterbox_geometry(128, 128, 64))
+    assert empty_bits.shape == (64, 64) and not empty_bits.any()
 
 
 def synthetic_chest(height, width, seed):

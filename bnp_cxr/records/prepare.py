@@ -43,26 +43,47 @@ def letterbox_geometry(height: int, width: int, size: int) -> Geometry:
 
 
 def letterbox(array: np.ndarray, geometry: Geometry, fill: float = 0) -> np.ndarray:
-    """Resize with INTER_AREA into the geometry's box and pad to a square of `fill`."""
+    """Resize with INTER_AREA into the geometry's box and pad to a square of `fill` (channels kept)."""
     resized = cv2.resize(array, (geometry.scaled_width, geometry.scaled_height), interpolation=cv2.INTER_AREA)
-    out = np.full((geometry.size, geometry.size), fill, dtype=resized.dtype)
+    if array.ndim == 3 and resized.ndim == 2:  # OpenCV drops a single channel axis
+        resized = resized[..., np.newaxis]
+    out = np.full((geometry.size, geometry.size, *resized.shape[2:]), fill, dtype=resized.dtype)
     out[geometry.top:geometry.top + geometry.scaled_height, geometry.left:geometry.left + geometry.scaled_width] = resized
     return out
 
 
-def letterbox_binary(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Letterbox a 0/1 mask: a target pixel is 1 where >= half of its source area is 1."""
-    return (letterbox(mask.astype(np.float32), geometry) >= 0.5).astype(np.uint8)
+class MaskStack:
+    """Binary planes (lung mask, then each set bit of a bitmask) letterboxed together, one resize per size.
 
+    A target pixel is set where at least half of its source area was set: planes are scaled to 0/255
+    and area-averaged in uint8 (one multi-channel resize is ~5x cheaper than a float32 resize per plane).
+    """
 
-def letterbox_bitmask(bits: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Letterbox a uint8 bitmask one bit plane at a time (each bit by the half-area rule)."""
-    out = np.zeros((geometry.size, geometry.size), dtype=np.uint8)
-    for bit in range(8):
-        plane = (bits >> bit) & 1
-        if plane.any():
-            out |= letterbox_binary(plane, geometry) << bit
-    return out
+    def __init__(self, lung: np.ndarray | None, components: np.ndarray | None):
+        planes, self.bits = [], []
+        if lung is not None:
+            planes.append(lung.astype(bool))
+        present = np.bitwise_or.reduce(components, axis=None) if components is not None else 0
+        for bit in range(8):
+            if present >> bit & 1:
+                planes.append((components >> bit & 1).astype(bool))
+                self.bits.append(bit)
+        self.has_lung, self.has_components = lung is not None, components is not None
+        self.stack = np.stack(planes, axis=-1).astype(np.uint8) * 255 if planes else None
+
+    def at(self, geometry: Geometry) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(lung 0/1 or None, component bitmask or None) in the geometry's letterbox."""
+        if self.stack is None:
+            empty = np.zeros((geometry.size, geometry.size), np.uint8)
+            return None, (empty if self.has_components else None)
+        planes = letterbox(self.stack, geometry) >= 128
+        lung = planes[..., 0].astype(np.uint8) if self.has_lung else None
+        components = None
+        if self.has_components:
+            components = np.zeros((geometry.size, geometry.size), np.uint8)
+            for index, bit in enumerate(self.bits, start=int(self.has_lung)):
+                components |= planes[..., index].astype(np.uint8) << bit
+        return lung, components
 
 
 class MaskError(ValueError):
@@ -121,6 +142,7 @@ def prepare_row(row, sizes: tuple[int, ...], allow_lateral: bool = False) -> Pre
                       if row.component_mask_path else None)
     except MaskError as error:
         return Failure(error.reason, error.column, error.detail)
+    masks = MaskStack(lung, components)
     window = imaging.intensity_window(pixels)
     spacing = radiograph.pixel_spacing_mm
     records = {}
@@ -130,10 +152,11 @@ def prepare_row(row, sizes: tuple[int, ...], allow_lateral: bool = False) -> Pre
         windowed = imaging.apply_window(letterbox(pixels, geometry, fill=window[0]), window)
         image = np.rint(windowed * UINT16_MAX).astype(np.uint16)
         scale = max(shape) / size
+        lung_mask, component_mask = masks.at(geometry)
         records[size] = RecordImage(
             image=image,
-            lung_mask=None if lung is None else letterbox_binary(lung, geometry),
-            component_mask=None if components is None else letterbox_bitmask(components, geometry),
+            lung_mask=lung_mask,
+            component_mask=component_mask,
             pixel_spacing_mm=(spacing[0] * scale, spacing[1] * scale) if spacing else (math.nan, math.nan),
             content_box=geometry.content_box,
         )
