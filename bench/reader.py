@@ -56,8 +56,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--split", default="train")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=3, help="passes per pipeline, best kept")
-    parser.add_argument("--n", type=int, default=120, help="radiographs to write when generating records")
+    parser.add_argument("--epochs", type=int, default=5, help="passes per pipeline, best kept")
+    parser.add_argument("--n", type=int, default=240, help="radiographs to write when generating records")
     args = parser.parse_args()
 
     import tensorflow as tf  # noqa: F401
