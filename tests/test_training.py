@@ -305,7 +305,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_cli_trains_with_default_backbone_and_refuses_to_clobber(records, tmp_path):
-    env_args = ("--records", str(records), "--size", "64", "--epochs", "1", "--batch-size", "8")
+    env_args = ("--records", str(records), "--size", "64", "--epochs", "1", "--batch-size", "8", "--n-boot", "1000")
     first = run_cli(*env_args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "no GPU visible: using small_cnn" in first.stdout
@@ -314,5 +314,9 @@ def test_cli_trains_with_default_backbone_and_refuses_to_clobber(records, tmp_pa
     assert (run_dir / MODEL_FILE).is_file() and (run_dir / "config.json").is_file()
     with open(run_dir / HISTORY_FILE) as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["0"]
+    # Training ends with the test-split evaluation (issue #3: evaluate.py also runs at the end of training).
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["split"] == "test" and (run_dir / "roc.png").is_file() and (run_dir / "predictions.csv").is_file()
+    assert "auc_" in first.stdout and "test split" in first.stdout
     again = run_cli(*env_args, cwd=tmp_path)
     assert again.returncode == 2 and "--resume" in again.stderr

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights of the two outputs in the L1 loss (default: 1 1)")
     parser.add_argument("--dropout", type=float, help=f"dropout before the output layer (default: {d.dropout})")
     parser.add_argument("--cache", action=argparse.BooleanOptionalAction, help="cache records in memory (default: off)")
+    parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
+                        help="evaluate the best model on the test split when training ends (default: on)")
+    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for that evaluation")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                         help="0 silent, 1 progress bar, 2 one line per epoch (default: 1)")
     return parser
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> dict:
     """The TrainConfig options the user gave explicitly (argparse leaves the others None)."""
-    skip = {"preset", "resume", "verbose"}
+    skip = {"preset", "resume", "verbose", "evaluate", "n_boot"}
     options = {key: value for key, value in vars(args).items() if value is not None and key not in skip}
     if "weights" in options and options["weights"].lower() == "none":
         options["weights"] = None
@@ -78,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
     print(f"{result.epochs_completed} of {result.config.epochs} epochs done; best val loss {best}; "
           f"best model {result.model_path}")
+    if args.evaluate and result.chief and result.epochs_completed >= result.config.epochs:
+        from bnp_cxr.evaluation import evaluate_run, format_table
+
+        try:
+            metrics = evaluate_run(result.run_dir, result.config.records_dir, split="test", n_boot=args.n_boot)
+        except (FileNotFoundError, ValueError) as error:  # e.g. no test split: training itself succeeded
+            print(f"evaluation skipped: {error}", file=sys.stderr)
+            return 0
+        print(format_table(metrics))
+        print(f"wrote predictions.csv, metrics.json, roc.png, scatter.png to {result.run_dir}")
     return 0
 
 

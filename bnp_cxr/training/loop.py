@@ -36,6 +36,7 @@ class TrainResult:
     history: list[dict[str, float]]
     best_val_loss: float | None
     notes: list[str]
+    chief: bool = True  # only the chief of a multi-worker run owns run_dir (and evaluates)
 
 
 def strategy_kind(tf_config: str | None, n_gpus: int) -> str:
@@ -306,4 +307,4 @@ def train(config: TrainConfig, *, callbacks: Sequence = (), verbose: int | str =
     losses = [row["val_loss"] for row in history if math.isfinite(row.get("val_loss", math.nan))]
     return TrainResult(run_dir=run_dir, model_path=run_dir / MODEL_FILE, config=config,
                        epochs_completed=completed_epochs(out_dir), history=history,
-                       best_val_loss=min(losses) if losses else None, notes=notes)
+                       best_val_loss=min(losses) if losses else None, notes=notes, chief=chief)
