@@ -17,7 +17,7 @@ def quick_start_commands() -> list[str]:
 def test_quick_start_is_two_commands_and_ci_runs_the_second():
     commands = quick_start_commands()
     assert len(commands) == 2
-    assert "tools/make_tfrecords.py" in commands[0]
+    assert "tools/make_tfrecords.py" in commands[0] and "tools/train.py" in commands[0]
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert commands[1] in ci_lines
 
