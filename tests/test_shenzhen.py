@@ -1,0 +1,155 @@
+"""Public-dataset manifests (bnp_cxr.realdata) and the Shenzhen check: does the pipeline learn from real radiographs?"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from bnp_cxr.manifest import load_manifest
+from bnp_cxr.realdata import (MANIFEST_COLUMNS, SHENZHEN_STAND_IN_PG_ML, link_dataset, read_shenzhen_index,
+                              write_shenzhen_manifest)
+
+REPO = Path(__file__).resolve().parents[1]
+SHENZHEN = REPO.parent / "shared" / "data" / "lungs" / "shenzhen"
+TB_LABELS = (1, 0, 1, 1, 0, 0)
+INDEX_HEADER = "id,image,mask,tb\n"
+
+
+def write_index(folder: Path, lines: list[str], header: str = INDEX_HEADER) -> None:
+    (folder / "index.csv").write_text(header + "".join(f"{line}\n" for line in lines))
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    """A Shenzhen-shaped folder: index.csv, images/ (8-bit PNG radiograph-like ramps) and masks/."""
+    root = tmp_path / "shenzhen_like"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    lines = []
+    for number, tb in enumerate(TB_LABELS, start=1):
+        image_id = f"CHNCXR_{number:04d}_{tb}"
+        image = np.clip(np.linspace(20, 230, 64)[None, :] + rng.normal(0, 5, (64, 64)), 0, 255).astype(np.uint8)
+        mask = np.zeros((64, 64), np.uint8)
+        mask[16:48, 8:28] = mask[16:48, 36:56] = 255
+        cv2.imwrite(str(root / "images" / f"{image_id}.png"), image)
+        cv2.imwrite(str(root / "masks" / f"{image_id}.png"), mask)
+        lines.append(f"{image_id},images/{image_id}.png,masks/{image_id}.png,{tb}")
+    write_index(root, lines)
+    return root
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("with_bnp, with_masks", [(True, True), (False, True), (True, False)])
+def test_manifest_maps_tb_to_stand_in_labs_through_a_link(dataset, tmp_path, with_bnp, with_masks):
+    path = write_shenzhen_manifest(dataset, tmp_path / "out", with_bnp=with_bnp, with_masks=with_masks)
+    rows = read_rows(path)
+    assert list(rows[0]) == list(MANIFEST_COLUMNS)
+    assert [row["patient_id"] for row in rows] == [f"CHNCXR_{n:04d}_{tb}" for n, tb in enumerate(TB_LABELS, 1)]
+    for row, tb in zip(rows, TB_LABELS):
+        assert float(row["bnpp"]) == SHENZHEN_STAND_IN_PG_ML["bnpp"][tb]
+        assert row["bnp"] == (f"{SHENZHEN_STAND_IN_PG_ML['bnp'][tb]:g}" if with_bnp else "")
+        assert row["image_path"].startswith("shenzhen/images/") and row["study_datetime"] == ""
+        assert bool(row["lung_mask_path"]) == with_masks
+    # Nothing copied: the folder holds the manifest and a link to the dataset.
+    assert sorted(p.name for p in path.parent.iterdir()) == ["manifest.csv", "shenzhen"]
+    assert (path.parent / "shenzhen").is_symlink() and (path.parent / "shenzhen").resolve() == dataset.resolve()
+
+
+@pytest.mark.parametrize("with_bnp", [True, False])
+def test_manifest_loads_with_positive_equal_to_tb(dataset, tmp_path, with_bnp):
+    manifest = load_manifest(write_shenzhen_manifest(dataset, tmp_path / "out", with_bnp=with_bnp))
+    assert manifest.rejects == [] and len(manifest.rows) == len(TB_LABELS)
+    # Rows keep manifest order; positive follows BNPP > 400 (and BNP > 100 when given).
+    assert [row.positive for row in manifest.rows] == list(TB_LABELS)
+    assert all(row.lung_mask_path for row in manifest.rows)
+    assert len({row.patient_key for row in manifest.rows}) == len(TB_LABELS)
+
+
+def test_stand_in_labs_sit_well_clear_of_the_thresholds():
+    # At least half a log10 unit on either side, so a mis-set threshold cannot silently flip labels.
+    for test, threshold in (("bnpp", 400.0), ("bnp", 100.0)):
+        values = SHENZHEN_STAND_IN_PG_ML[test]
+        assert np.log10(values[1] / threshold) >= 0.5 and np.log10(threshold / values[0]) >= 0.5
+
+
+def test_writing_twice_reuses_the_link_and_gives_the_same_manifest(dataset, tmp_path):
+    first = write_shenzhen_manifest(dataset, tmp_path / "out").read_bytes()
+    assert write_shenzhen_manifest(dataset, tmp_path / "out").read_bytes() == first
+
+
+@pytest.mark.parametrize("occupant", ["file", "other_link"])
+def test_link_refuses_to_replace_something_else(dataset, tmp_path, occupant):
+    out = tmp_path / "out"
+    out.mkdir()
+    if occupant == "file":
+        (out / "shenzhen").write_text("not a link")
+    else:
+        (out / "shenzhen").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(FileExistsError, match="not a link"):
+        link_dataset(dataset, out, "shenzhen")
+
+
+@pytest.mark.parametrize("header, lines, error, match", [
+    (INDEX_HEADER, ["a,images/a.png,masks/a.png,2"], ValueError, "tb '2' is not 0 or 1"),
+    (INDEX_HEADER, ["a,images/a.png,masks/a.png,"], ValueError, "tb '' is not 0 or 1"),
+    (INDEX_HEADER, ["a,images/a.png,masks/a.png,1", "a,images/b.png,masks/b.png,0"], ValueError, "repeated"),
+    ("id,image,tb\n", ["a,images/a.png,1"], ValueError, r"missing column\(s\) \['mask'\]"),
+    (None, [], FileNotFoundError, "index.csv not found"),
+])
+def test_bad_index_is_refused(tmp_path, header, lines, error, match):
+    if header is not None:
+        write_index(tmp_path, lines, header)
+    with pytest.raises(error, match=match):
+        read_shenzhen_index(tmp_path)
+
+
+def test_missing_dataset_folder_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        write_shenzhen_manifest(tmp_path / "absent", tmp_path / "out")
+
+
+# ---------------------------------------------------------------- the real radiographs
+
+SIZE, EPOCHS = 128, 10
+# Measured (bench/shenzhen.py --size 128 --epochs 10, seeds 0-4, 2-core CPU): test AUC(BNPP > 400)
+# 0.83-0.88, patient-bootstrap 95% CI lower bound >= 0.72 on the 66 test images. The bounds below
+# leave a wide margin for run-to-run noise while still failing a model that learned nothing (0.5).
+MIN_AUC, MIN_AUC_CI_LOW = 0.70, 0.55
+
+
+def run_tool(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BNP_CXR_SALT": "shenzhen-test", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, str(REPO / "tools" / tool), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{tool} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.mark.slow
+def test_pipeline_learns_tb_from_real_radiographs(tmp_path):
+    if not (SHENZHEN / "index.csv").is_file():
+        pytest.skip(f"Shenzhen data not found at {SHENZHEN} (../shared/data is absent on a fresh clone)")
+    manifest = write_shenzhen_manifest(SHENZHEN, tmp_path / "input")
+    run_tool("make_tfrecords.py", "--manifest", str(manifest), "--out", "records", "--sizes", str(SIZE),
+             "--no-progress", cwd=tmp_path)
+    summary = json.loads((tmp_path / "records" / "summary.json").read_text())
+    assert summary["written"] == 566 and summary["rejected"] == 0
+    run_tool("train.py", "--records", "records", "--size", str(SIZE), "--backbone", "small_cnn", "--epochs",
+             str(EPOCHS), "--run-dir", "run", "--no-evaluate", "--verbose", "0", cwd=tmp_path)
+    run_tool("evaluate.py", "--size", str(SIZE), "--run-dir", "run", "--n-boot", "1000", cwd=tmp_path)
+    result = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    auc = result["metrics"]["auc_bnpp_gt_400"]
+    assert result["n_images"] == summary["per_split"]["test"]["written"]
+    assert auc["estimate"] > MIN_AUC and auc["ci_low"] > MIN_AUC_CI_LOW, auc
+    assert result["metrics"]["auc_combined"]["estimate"] > MIN_AUC
