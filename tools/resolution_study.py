@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         missing = missing_records(records_dir, sizes)
     if missing:
         gaps = "; ".join(f"{size} px: no {', '.join(splits)}" for size, splits in sorted(missing.items()))
-        print(f"error: records missing in {records_dir} ({gaps}). Write them with\n  {records_command(records_dir, missing)}"
-              "\nor pass --make-records to write them from the phantom cohort.", file=sys.stderr)
+        print(f"error: records missing in {records_dir} ({gaps}). Write them with\n"
+              f"  {records_command(records_dir, missing)}\nor pass --make-records to write them from the phantom "
+              "cohort.", file=sys.stderr)
         return 2
     try:
         outcomes, paths = run_study(sizes, options, args.runs, args.out, preset=args.preset, n_boot=args.n_boot,
