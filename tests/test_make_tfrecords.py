@@ -49,6 +49,7 @@ def test_cli_on_phantom_cohort_accounts_for_every_row(phantom, tmp_path):
     # Every planted defect is caught on its row, at its stage, for its reason (cohort.json says which).
     planted = {(d["manifest_row"], d["stage"], d["reason"], d["column"]) for d in cohort["planted_defects"]}
     assert planted and planted <= rejected, planted - rejected
+    assert "processing_error" not in summary["reject_reasons"]  # that reason means a bug of ours
     assert f"{summary['written']} written" in result.stdout
     # Rerunning without --resume/--overwrite refuses to clobber; --resume keeps every shard.
     again = run_cli("--manifest", str(cohort_dir / "manifest.csv"), "--labs", str(cohort_dir / "labs.csv"),

@@ -46,6 +46,24 @@ def test_mask_stack_half_area_rule_and_bits():
     assert empty_bits.shape == (64, 64) and not empty_bits.any()
 
 
+@pytest.mark.parametrize("planes", [1, 4, 5, 9])
+def test_mask_stack_any_number_of_planes_at_non_integer_scale(planes):
+    """Every plane at 1536 x 1280 -> 256 px (scale 6) and 100 x 90 -> 64 px (non-integer) matches a lone resize."""
+    rng = np.random.default_rng(planes)
+    for shape, size in (((1536, 1280), 256), ((100, 90), 64)):
+        lung = (rng.random(shape) < 0.5).astype(np.uint8)
+        bits = np.zeros(shape, np.uint8)
+        for bit in range(planes - 1):
+            bits |= (rng.random(shape) < 0.5).astype(np.uint8) << bit
+        geometry = prepare.letterbox_geometry(*shape, size)
+        lung_out, bits_out = prepare.MaskStack(lung, bits).at(geometry)
+        alone = prepare.letterbox(lung * 255, geometry) >= 128
+        np.testing.assert_array_equal(lung_out, alone)
+        for bit in range(planes - 1):
+            plane = prepare.letterbox(((bits >> bit) & 1) * np.uint8(255), geometry) >= 128
+            np.testing.assert_array_equal((bits_out >> bit) & 1, plane)
+
+
 def synthetic_chest(height, width, seed):
     """A 16-bit 'radiograph': bright body, two dark lungs; returns (image, lung mask)."""
     rng = np.random.default_rng(seed)

@@ -44,9 +44,13 @@ def letterbox_geometry(height: int, width: int, size: int) -> Geometry:
 
 def letterbox(array: np.ndarray, geometry: Geometry, fill: float = 0) -> np.ndarray:
     """Resize with INTER_AREA into the geometry's box and pad to a square of `fill` (channels kept)."""
-    resized = cv2.resize(array, (geometry.scaled_width, geometry.scaled_height), interpolation=cv2.INTER_AREA)
-    if array.ndim == 3 and resized.ndim == 2:  # OpenCV drops a single channel axis
-        resized = resized[..., np.newaxis]
+    box = (geometry.scaled_width, geometry.scaled_height)
+    if array.ndim == 3:
+        # OpenCV's area resize takes at most 4 channels at non-integer scales, and drops a lone channel axis.
+        resized = np.concatenate([cv2.resize(array[..., k:k + 4], box, interpolation=cv2.INTER_AREA).reshape(
+            geometry.scaled_height, geometry.scaled_width, -1) for k in range(0, array.shape[2], 4)], axis=2)
+    else:
+        resized = cv2.resize(array, box, interpolation=cv2.INTER_AREA)
     out = np.full((geometry.size, geometry.size, *resized.shape[2:]), fill, dtype=resized.dtype)
     out[geometry.top:geometry.top + geometry.scaled_height, geometry.left:geometry.left + geometry.scaled_width] = resized
     return out
