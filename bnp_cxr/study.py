@@ -11,7 +11,6 @@ value}}, a value being text, a number or a metric entry {estimate, ci_low, ci_hi
 from __future__ import annotations
 
 import csv
-import datetime
 import json
 import shutil
 import time
@@ -208,27 +207,6 @@ class SizeOutcome:
     config: dict
 
 
-def _shards_unchanged_since(records_dir: Path, size: int, saved: dict) -> bool:
-    """True when no shard at `size` was written after the run started, with the same counts as then.
-
-    Adding records at another size rewrites summary.json, which the training fingerprint hashes; the
-    shards this run read are what matter for reusing its finished model.
-    """
-    from bnp_cxr.records.schema import shard_glob
-    from bnp_cxr.training.loop import data_fingerprint
-
-    sessions = saved.get("sessions") or [{}]
-    try:
-        started = datetime.datetime.fromisoformat(sessions[0]["started"]).timestamp()
-    except (KeyError, TypeError, ValueError):
-        return False
-    shards = [path for split in SPLITS for path in records_dir.glob(shard_glob(split, size))]
-    current = data_fingerprint(records_dir, size)
-    old = saved.get("data", {})
-    return (old.get("images") == current["images"] and old.get("shards") == current["shards"]
-            and all(path.stat().st_mtime <= started for path in shards))
-
-
 def plan_size(config: TrainConfig, n_boot: int) -> tuple[str, str]:
     """(action, why) for a resolved config: train, resume, evaluate or reuse; ValueError when the run differs."""
     from bnp_cxr.training.config import CONFIG_FILE, TrainConfig, identity_mismatches
@@ -245,9 +223,7 @@ def plan_size(config: TrainConfig, n_boot: int) -> tuple[str, str]:
         differences.append(f"epochs: {saved.get('epochs')!r} -> {config.epochs!r}")
     done = completed_epochs(run_dir)
     model = run_dir / MODEL_FILE
-    data_same = saved.get("data", {}).get("sha256") == data_fingerprint(records_dir, config.size)["sha256"]
-    if not data_same and not (done >= config.epochs and model.is_file()
-                              and _shards_unchanged_since(records_dir, config.size, saved)):
+    if saved.get("data", {}).get("sha256") != data_fingerprint(records_dir, config.size)["sha256"]:
         differences.append("records changed since the run was trained")
     if differences:
         raise ValueError(f"{run_dir} was trained with other settings ({'; '.join(differences)}); "

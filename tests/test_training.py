@@ -239,6 +239,12 @@ def test_data_fingerprint_changes_with_the_records(records, tmp_path):
     copy = tmp_path / "records"
     shutil.copytree(records, copy)
     before = data_fingerprint(copy, 64)["sha256"]
+    # Records written at another size rewrite summary.json (timings, other sizes): not this size's data.
+    summary = json.loads((copy / "summary.json").read_text())
+    summary["elapsed_s"] += 1
+    summary["per_size"]["512"] = {"train": 1}
+    (copy / "summary.json").write_text(json.dumps(summary))
+    assert data_fingerprint(copy, 64)["sha256"] == before
     shard = sorted(copy.glob("val-64px-*.tfrecord"))[0]
     shard.write_bytes(shard.read_bytes() + b"\0")
     assert data_fingerprint(copy, 64)["sha256"] != before

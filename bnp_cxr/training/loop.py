@@ -73,7 +73,11 @@ def worker_role(strategy) -> tuple[bool, str]:
 
 
 def data_fingerprint(records_dir: str | os.PathLike, size: int) -> dict[str, Any]:
-    """sha256 over the shard names and byte sizes of every split at `size`, plus the records' summary.json."""
+    """sha256 over the shard names and byte sizes of every split at `size` and that size's image counts.
+
+    Only what this size's records hold counts: rewriting other sizes (which rewrites summary.json, with
+    its timings) must not make a finished run at this size look stale.
+    """
     from bnp_cxr.records.reader import list_shards
 
     records = Path(records_dir)
@@ -89,7 +93,8 @@ def data_fingerprint(records_dir: str | os.PathLike, size: int) -> dict[str, Any
             hasher.update(f"{path.name}\t{path.stat().st_size}\n".encode())
     summary = records / "summary.json"
     if summary.is_file():
-        hasher.update(summary.read_bytes())
+        per_size = json.loads(summary.read_text()).get("per_size", {}).get(str(size), {})
+        hasher.update(json.dumps(per_size, sort_keys=True).encode())
     return {"sha256": hasher.hexdigest(), "size": size, "shards": shards, "summary_json": summary.is_file(),
             "images": {split: count_records(records, split, size) if shards[split] else 0 for split in SPLITS}}
 
