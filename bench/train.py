@@ -113,9 +113,10 @@ def run_bare(args, size: int, batch_size: int, mixed: bool) -> dict:
     from bnp_cxr.training.loop import count_records
 
     n_train = count_records(args.records, "train", size)
-    steps = n_train // batch_size
+    drop = n_train >= batch_size  # the loop's rule: full batches when there are enough images
+    steps = n_train // batch_size if drop else 1
     train_data = make_dataset(args.records, "train", size, batch_size=batch_size, training=True,
-                              augment=AugmentConfig() if args.augment else None, drop_remainder=True).repeat()
+                              augment=AugmentConfig() if args.augment else None, drop_remainder=drop).repeat()
     # A known length, as the loop gives its val set: Keras then never probes past the end.
     val_batches = math.ceil(count_records(args.records, "val", size) / batch_size)
     val_data = make_dataset(args.records, "val", size, batch_size=batch_size, deterministic=True).apply(
@@ -135,12 +136,13 @@ def run_bare(args, size: int, batch_size: int, mixed: bool) -> dict:
 
 
 def main() -> None:
+    from bnp_cxr.models import BACKBONES
     from bnp_cxr.training.config import gpus_visible
 
     gpus = gpus_visible()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=Path, default=REPO / "work" / "records")
-    parser.add_argument("--backbone", default="resnet152" if gpus else "small_cnn",
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet152" if gpus else "small_cnn",
                         help="default: resnet152 with a GPU, small_cnn without")
     parser.add_argument("--size", type=int, nargs="+", default=[256, 1024] if gpus else [256])
     parser.add_argument("--epochs", type=int, default=10, help="per run; the first is excluded (default: 10)")
