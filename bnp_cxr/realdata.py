@@ -60,7 +60,8 @@ def read_shenzhen_index(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
     """The rows of the Shenzhen index.csv (id, image, mask, tb), checked: unique ids, tb in {0, 1}."""
     index = Path(dataset_dir) / SHENZHEN_INDEX
     if not index.is_file():
-        raise FileNotFoundError(f"{index} not found: is {dataset_dir} the Shenzhen folder (index.csv, images/, masks/)?")
+        raise FileNotFoundError(f"{index} not found: is {dataset_dir} the Shenzhen folder "
+                                "(index.csv, images/, masks/)?")
     with open(index, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = [column for column in SHENZHEN_INDEX_COLUMNS if column not in (reader.fieldnames or [])]
