@@ -35,7 +35,8 @@ SCORE_DEFINITIONS = {
     "bnpp": "predicted log10 BNPP - log10(BNPP threshold)",
     "bnp": "predicted log10 BNP - log10(BNP threshold)",
     "combined": "max of the BNPP and BNP margins above: positive when either predicted value crosses its "
-                "threshold, mirroring the label rule 'BNPP > 400 or BNP > 100 pg/mL' (Huynh et al., MIDL 2022)",
+                "threshold, mirroring the label rule 'BNPP > 400 or BNP > 100 pg/mL' (Huynh et al., MIDL 2022); "
+                "a test with no labelled row in the evaluated table is left out of the max",
 }
 LABEL_DEFINITIONS = {
     "bnpp": "true BNPP > threshold (censored labs on the wrong side of the threshold excluded)",
@@ -95,6 +96,8 @@ def bootstrap_weights(cluster_ids: np.ndarray, n_boot: int, seed: int) -> np.nda
 def weighted_pearson(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Pearson r per weight row [B, n] -> [B]; NaN where x or y is constant or no weight."""
     weights = np.atleast_2d(weights)
+    if x.size == 0:
+        return np.full(weights.shape[0], np.nan)
     # Centring first keeps E[x^2] - E[x]^2 away from catastrophic cancellation.
     x, y = x - x.mean(), y - y.mean()
     total = weights.sum(axis=1)
@@ -143,6 +146,9 @@ def _youden_from_counts(thresholds: np.ndarray, pos: np.ndarray, neg: np.ndarray
     with np.errstate(invalid="ignore", divide="ignore"):
         tpr, fpr = np.cumsum(pos, axis=1) / pos_total, np.cumsum(neg, axis=1) / neg_total
     rows = np.arange(pos.shape[0])
+    if pos.shape[1] == 0:  # no labelled rows at all (e.g. a site without BNP): undefined, not an error
+        undefined = np.full(pos.shape[0], np.nan)
+        return undefined, undefined.copy(), undefined.copy()
     best = np.argmax(np.nan_to_num(tpr - fpr, nan=-np.inf), axis=1)
     # sklearn's first ROC point (threshold +inf, J = 0) wins ties, so J <= 0 means "call nobody positive".
     at_inf = (tpr - fpr)[rows, best] <= 0
@@ -203,7 +209,9 @@ def binary_tasks(table: Mapping, thresholds: labs.PositivityThresholds = labs.Po
         margins[test] = np.asarray(table[f"pred_log10_{test}"], dtype=np.float64) - offsets[test]
         censored = np.asarray(table[f"{test}_censored"]) if f"{test}_censored" in table else np.zeros(n_rows, int)
         labels[test] = threshold_labels(np.asarray(table[f"true_log10_{test}"]), censored, threshold)
-    margins["combined"] = np.maximum(margins["bnpp"], margins["bnp"])
+    # A test nobody in the table had measured (a BNPP-only site, say) trained no output worth trusting.
+    measured = [test for test in ("bnpp", "bnp") if (labels[test] >= 0).any()] or ["bnpp", "bnp"]
+    margins["combined"] = np.max([margins[test] for test in measured], axis=0)
     specs = {"bnpp": (f"bnpp_gt_{bnpp:g}", f"BNPP > {bnpp:g} pg/mL"),
              "bnp": (f"bnp_gt_{bnp:g}", f"BNP > {bnp:g} pg/mL"),
              "combined": ("combined", f"combined (BNPP > {bnpp:g} or BNP > {bnp:g})")}

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import pearsonr
 from sklearn.metrics import roc_auc_score
@@ -215,3 +216,35 @@ def test_missing_column_raises():
     del table["positive"]
     with pytest.raises(KeyError, match="positive"):
         metrics.compute_metrics(table)
+
+
+@pytest.mark.parametrize("missing", ["bnp", "bnpp"])
+def test_a_site_measuring_only_one_test_gets_undefined_metrics_for_the_other(missing, tmp_path):
+    """Many sites measure only NT-proBNP (or only BNP): the other test's metrics are null, nothing crashes."""
+    import warnings
+
+    from bnp_cxr import figures
+
+    rng = np.random.default_rng(3)
+    n = 60
+    true = rng.normal(2.6, 0.6, n)
+    kept = "bnp" if missing == "bnpp" else "bnpp"
+    threshold = 400 if kept == "bnpp" else 100
+    table = {"patient_id": [f"p{i // 2}" for i in range(n)],
+             f"true_log10_{kept}": true, f"pred_log10_{kept}": true + rng.normal(0, 0.3, n),
+             f"true_log10_{missing}": np.full(n, np.nan), f"pred_log10_{missing}": rng.normal(2.0, 0.5, n),
+             "positive": (true > np.log10(threshold)).astype(int)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = metrics.compute_metrics(table, n_boot=1000)
+    suffix = {"bnpp": "bnpp_gt_400", "bnp": "bnp_gt_100"}
+    for name in (f"pearson_r_log10_{missing}", f"mae_log10_{missing}", f"auc_{suffix[missing]}",
+                 f"sensitivity_{suffix[missing]}"):
+        entry = result["metrics"][name]
+        assert entry["estimate"] is None and entry["ci_low"] is None and entry["n"] == 0
+    assert result["metrics"][f"auc_{suffix[kept]}"]["estimate"] > 0.8
+    assert result["metrics"]["auc_combined"]["estimate"] > 0.8
+    frame = pd.DataFrame(table)
+    figures.roc_figure(frame, result, tmp_path / "roc.png")
+    figures.scatter_figure(frame, result, tmp_path / "scatter.png")
+    assert (tmp_path / "roc.png").stat().st_size > 0 and (tmp_path / "scatter.png").stat().st_size > 0
