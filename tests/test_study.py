@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+from archives import heart_records
 from bnp_cxr import study
 from bnp_cxr.training import train
 from bnp_cxr.training.config import resolve
@@ -92,28 +93,10 @@ def test_plot_handles_undefined_metrics(tmp_path):
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     """30 PNGs whose bright 'heart' grows with the labs, one patient each, explicit splits; records at 64, 128 px."""
-    from bnp_cxr.manifest import load_manifest
-    from bnp_cxr.records.writer import IngestConfig, write_records
-
-    root = tmp_path_factory.mktemp("archive")
-    rng = np.random.default_rng(2)
-    lines = ["patient_id,image_path,study_datetime,bnp,bnpp,split"]
-    index = 0
-    for split, count in SPLIT_SIZES.items():
-        # Evenly spread severities: every split holds positives and negatives.
-        for severity in np.linspace(0.05, 0.95, count):
-            image = rng.normal(20000, 1500, (96, 80))
-            yy, xx = np.mgrid[:96, :80]
-            image[(yy - 55) ** 2 + (xx - 42) ** 2 < (8 + 18 * severity) ** 2] += 25000
-            cv2.imwrite(str(root / f"im{index}.png"), np.clip(image, 0, 65535).astype(np.uint16))
-            bnp = f"{10 ** (1.3 + 1.6 * severity):.1f}" if index % 3 == 0 else ""
-            lines.append(f"P{index},im{index}.png,2021-03-{1 + index % 28:02d},{bnp},"
-                         f"{10 ** (1.8 + 2 * severity):.1f},{split}")
-            index += 1
-    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
-    out = tmp_path_factory.mktemp("records")
-    write_records(load_manifest(root / "manifest.csv"), out, IngestConfig(sizes=SIZES, shard_size=10, progress=False))
-    return out
+    # Evenly spread severities: every split holds positives and negatives.
+    return heart_records(tmp_path_factory.mktemp("archive"), tmp_path_factory.mktemp("records"), SPLIT_SIZES, SIZES,
+                         severities=lambda rng, count: np.linspace(0.05, 0.95, count), seed=2,
+                         bnp_on=lambda index: index % 3 == 0, bnpp_on=lambda index: True)
 
 
 def tiny_options(records, **changes) -> dict:

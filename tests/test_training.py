@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
+from archives import heart_records
 from bnp_cxr.records.reader import make_dataset
 from bnp_cxr.training import MaskedL1, MaskedMAE, ThresholdAUC, TrainConfig, make_config, resolve, train
 from bnp_cxr.training.config import identity_mismatches
@@ -166,30 +166,9 @@ def test_learning_rate_schedules(schedule, warmup_epochs, checks):
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     """36 radiograph-like PNGs whose bright 'heart' grows with the label; explicit splits; records at 64 px."""
-    from bnp_cxr.manifest import load_manifest
-    from bnp_cxr.records.writer import IngestConfig, write_records
-
-    root = tmp_path_factory.mktemp("archive")
-    rng = np.random.default_rng(1)
-    lines = ["patient_id,image_path,study_datetime,bnp,bnpp,split"]
-    index = 0
-    for split, count in SPLIT_SIZES.items():
-        for _ in range(count):
-            severity = rng.random()
-            image = rng.normal(20000, 1500, (96, 80))
-            yy, xx = np.mgrid[:96, :80]
-            image[(yy - 55) ** 2 + (xx - 42) ** 2 < (8 + 18 * severity) ** 2] += 25000
-            cv2.imwrite(str(root / f"im{index}.png"), np.clip(image, 0, 65535).astype(np.uint16))
-            bnpp = f"{10 ** (1.8 + 2 * severity):.1f}" if index % 3 else ""
-            bnp = f"{10 ** (1.3 + 1.6 * severity):.1f}" if index % 3 == 0 or index % 5 == 0 else ""
-            lines.append(f"P{index},im{index}.png,2021-03-{1 + index % 28:02d},{bnp},{bnpp},{split}")
-            index += 1
-    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
-    out = tmp_path_factory.mktemp("records")
-    summary = write_records(load_manifest(root / "manifest.csv"), out,
-                            IngestConfig(sizes=(64,), shard_size=10, progress=False))
-    assert summary["per_size"]["64"] == SPLIT_SIZES
-    return out
+    return heart_records(tmp_path_factory.mktemp("archive"), tmp_path_factory.mktemp("records"), SPLIT_SIZES, (64,),
+                         severities=lambda rng, count: rng.random(count), seed=1,
+                         bnp_on=lambda index: index % 3 == 0 or index % 5 == 0, bnpp_on=lambda index: index % 3 != 0)
 
 
 def tiny_config(records, run_dir, **options) -> TrainConfig:
