@@ -221,9 +221,10 @@ def write_records(manifest: Manifest, out_dir: str | os.PathLike, config: Ingest
         for group in todo:
             markers[group.marker_name] = _write_group(group, results, out_dir, config, fingerprints[group.marker_name],
                                                       manifest.path.name, bar.update)
-    summary = _summarise(manifest, plan, markers, config, resumed=len(plan) - len(todo),
+    rejects = _all_rejects(manifest, markers)
+    summary = _summarise(manifest, plan, markers, rejects, config, resumed=len(plan) - len(todo),
                          elapsed_s=time.perf_counter() - started)
-    _write_reports(out_dir, manifest, markers, summary)
+    _write_reports(out_dir, rejects, summary)
     return summary
 
 
@@ -233,10 +234,9 @@ def _all_rejects(manifest: Manifest, markers: dict[str, dict]) -> list[dict]:
     return sorted(rejects, key=lambda r: (r["source"], r["row"]))
 
 
-def _summarise(manifest: Manifest, plan: list[ShardGroup], markers: dict[str, dict], config: IngestConfig,
-               resumed: int, elapsed_s: float) -> dict:
+def _summarise(manifest: Manifest, plan: list[ShardGroup], markers: dict[str, dict], rejects: list[dict],
+               config: IngestConfig, resumed: int, elapsed_s: float) -> dict:
     written_ids = {image_id for marker in markers.values() for image_id in marker["written"]}
-    rejects = _all_rejects(manifest, markers)
     manifest_rejects = [r for r in rejects if r["stage"] != "labs"]
     per_split: dict[str, Counter] = {}
     for row in manifest.rows:
@@ -268,8 +268,7 @@ def _summarise(manifest: Manifest, plan: list[ShardGroup], markers: dict[str, di
     return summary
 
 
-def _write_reports(out_dir: Path, manifest: Manifest, markers: dict[str, dict], summary: dict) -> None:
-    rejects = _all_rejects(manifest, markers)
+def _write_reports(out_dir: Path, rejects: list[dict], summary: dict) -> None:
     with open(out_dir / "rejects.csv.tmp", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=REJECT_FIELDS)
         writer.writeheader()
