@@ -34,25 +34,6 @@ def load_run_model(path: str | os.PathLike):
     return load_model(path, compile=False)
 
 
-def read_censoring(records_dir: str | os.PathLike, split: str, size: int) -> pd.DataFrame:
-    """image_id, bnp_censored, bnpp_censored of a split (the reader's metadata leaves them out)."""
-    import tensorflow as tf
-
-    from bnp_cxr.records.reader import list_shards
-    from bnp_cxr.records.schema import feature_spec
-
-    spec = {key: feature_spec()[key] for key in ("image_id", "bnp_censored", "bnpp_censored")}
-    columns: dict[str, list] = {key: [] for key in spec}
-    # Parsing only these keys skips decoding the image bytes.
-    for batch in tf.data.TFRecordDataset(list_shards(records_dir, split, size)).batch(1024):
-        parsed = tf.io.parse_example(batch, spec)
-        for key in spec:
-            columns[key].extend(parsed[key].numpy().tolist())
-    frame = pd.DataFrame(columns)
-    frame["image_id"] = frame["image_id"].map(bytes.decode)
-    return frame
-
-
 def predict_split(model, records_dir: str | os.PathLike, split: str, size: int, batch_size: int = 32) -> pd.DataFrame:
     """Predict every record of a split: one row per image with true and predicted log10 BNP / BNPP."""
     import keras
@@ -60,14 +41,15 @@ def predict_split(model, records_dir: str | os.PathLike, split: str, size: int, 
     from bnp_cxr.records.reader import make_dataset
 
     dataset = make_dataset(records_dir, split, size, batch_size=batch_size, deterministic=True, with_metadata=True)
-    parts: dict[str, list[np.ndarray]] = {key: [] for key in ("image_id", "patient_id", "positive", "true", "pred")}
+    keys = ("image_id", "patient_id", "positive", "bnp_censored", "bnpp_censored")
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in (*keys, "true", "pred")}
     for images, targets, meta in dataset:
         prediction = np.asarray(keras.ops.convert_to_numpy(model(images, training=False)), dtype=np.float64)
         if prediction.ndim != 2 or prediction.shape[1] != 2:
             raise ValueError(f"model output must be [batch, 2] (log10 BNP, log10 BNPP), got {prediction.shape}")
         parts["pred"].append(prediction)
         parts["true"].append(targets.numpy().astype(np.float64))
-        for key in ("image_id", "patient_id", "positive"):
+        for key in keys:
             parts[key].append(meta[key].numpy())
     if not parts["pred"]:
         raise ValueError(f"no {split} records at {size} px in {records_dir}")
@@ -78,10 +60,8 @@ def predict_split(model, records_dir: str | os.PathLike, split: str, size: int, 
         # Targets are [log10 BNP, log10 BNPP] (bnp_cxr.records.reader.TARGET_KEYS); so is the model output.
         "true_log10_bnp": true[:, 0], "pred_log10_bnp": pred[:, 0],
         "true_log10_bnpp": true[:, 1], "pred_log10_bnpp": pred[:, 1],
-        "positive": np.concatenate(parts["positive"]).astype(np.int64),
+        **{key: np.concatenate(parts[key]).astype(np.int64) for key in ("positive", "bnp_censored", "bnpp_censored")},
     })
-    censoring = read_censoring(records_dir, split, size)
-    frame = frame.merge(censoring, on="image_id", how="left", validate="one_to_one")
     return frame[list(PREDICTION_COLUMNS)]
 
 

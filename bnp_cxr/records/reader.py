@@ -42,7 +42,7 @@ def list_shards(records_dir: str | os.PathLike, split: str, size: int) -> list[s
     return paths
 
 
-METADATA_KEYS = ("image_id", "patient_id", "positive", "content_box")
+METADATA_KEYS = ("image_id", "patient_id", "positive", "bnp_censored", "bnpp_censored", "content_box")
 MASK_KEYS = ("lung_mask", "component_mask")
 
 
