@@ -123,3 +123,8 @@ def format_table(result: dict) -> str:
         lines.append(f"{name:32s} {_fmt(entry):>26s} {entry['n']:7d} {entry['n_patients']:9d} "
                      f"{entry['n_boot_skipped']:8d}")
     return "\n".join(lines)
+
+
+def report_text(result: dict, run_dir: str | os.PathLike) -> str:
+    """The metrics table plus where the evaluation's files went (what the CLIs print)."""
+    return f"{format_table(result)}\nwrote predictions.csv, metrics.json, roc.png, scatter.png to {run_dir}"

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from bnp_cxr.evaluation import evaluate_run, format_table, read_run_config
+    from bnp_cxr.evaluation import evaluate_run, read_run_config, report_text
 
     run_dir = args.run_dir or Path(f"work/runs/size{args.size}")
     try:
@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_table(result))
-    print(f"wrote predictions.csv, metrics.json, roc.png, scatter.png to {run_dir}")
+    print(report_text(result, run_dir))
     return 0
 
 

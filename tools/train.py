@@ -82,15 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result.epochs_completed} of {result.config.epochs} epochs done; best val loss {best}; "
           f"best model {result.model_path}")
     if args.evaluate and result.chief and result.epochs_completed >= result.config.epochs:
-        from bnp_cxr.evaluation import evaluate_run, format_table
+        from bnp_cxr.evaluation import evaluate_run, report_text
 
         try:
             metrics = evaluate_run(result.run_dir, result.config.records_dir, split="test", n_boot=args.n_boot)
         except (FileNotFoundError, ValueError) as error:  # e.g. no test split: training itself succeeded
             print(f"evaluation skipped: {error}", file=sys.stderr)
             return 0
-        print(format_table(metrics))
-        print(f"wrote predictions.csv, metrics.json, roc.png, scatter.png to {result.run_dir}")
+        print(report_text(metrics, result.run_dir))
     return 0
 
 
