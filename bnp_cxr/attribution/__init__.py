@@ -1,0 +1,1 @@
+"""Attribution maps for the BNP / BNPP regressors: vanilla gradients, Grad-CAM and XRAI (PAIR `saliency`)."""
