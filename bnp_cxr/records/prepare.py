@@ -133,6 +133,14 @@ class Failure:
     detail: str
 
 
+def model_image(pixels: np.ndarray, geometry: Geometry, window: tuple[float, float] | None = None) -> np.ndarray:
+    """The stored image: letterboxed, intensity-windowed (the image's own window unless given), uint16."""
+    window = imaging.intensity_window(pixels) if window is None else window
+    # Padding with the window's low end makes it exactly 0 (air) after windowing.
+    windowed = imaging.apply_window(letterbox(pixels, geometry, fill=window[0]), window)
+    return np.rint(windowed * UINT16_MAX).astype(np.uint16)
+
+
 def prepare_row(row, sizes: tuple[int, ...], allow_lateral: bool = False) -> Prepared | Failure:
     """Decode one row's image once and produce its records at every size, or say why not."""
     try:
@@ -153,9 +161,7 @@ def prepare_row(row, sizes: tuple[int, ...], allow_lateral: bool = False) -> Pre
     records = {}
     for size in sizes:
         geometry = letterbox_geometry(*shape, size)
-        # Padding with the window's low end makes it exactly 0 (air) after windowing.
-        windowed = imaging.apply_window(letterbox(pixels, geometry, fill=window[0]), window)
-        image = np.rint(windowed * UINT16_MAX).astype(np.uint16)
+        image = model_image(pixels, geometry, window)
         scale = max(shape) / size
         lung_mask, component_mask = masks.at(geometry)
         records[size] = RecordImage(
