@@ -1,7 +1,12 @@
 """Model-randomisation sanity check: layer groups, re-initialisation, map similarity, frames and plot."""
 
+import json
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.image import imread
 
@@ -10,7 +15,9 @@ from bnp_cxr.attribution.sanity import (SANITY_COLUMNS, cascading_randomization,
                                         map_similarity, plot_sanity, randomization_groups, reinitialize)
 from bnp_cxr.models import build_model
 
+REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
+CLI_SIZE = 64
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +151,9 @@ def test_independent_randomization_randomises_one_group_per_step(model, images):
 
 
 @pytest.mark.parametrize("methods, max_steps, message", [
-    (("vanilla", "lime"), None, "subset"),
-    ((), None, "subset"),
+    (("vanilla", "lime"), None, "distinct names"),
+    ((), None, "distinct names"),
+    (("vanilla", "vanilla"), None, "distinct names"),
     (("vanilla",), -1, "max_steps"),
 ])
 def test_errors(model, images, methods, max_steps, message):
@@ -160,3 +168,63 @@ def test_plot_sanity_writes_a_png(tmp_path, model, images):
     assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.std() > 0
     with pytest.raises(ValueError, match="missing columns"):
         plot_sanity(frame.drop(columns="ssim"), tmp_path / "bad.png")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder (small_cnn at 64 px, the records' smallest size; untrained) with 5 test and 1 training images."""
+    import cv2
+
+    from bnp_cxr.manifest import load_manifest
+    from bnp_cxr.records.writer import IngestConfig, write_records
+
+    archive = tmp_path_factory.mktemp("archive")
+    rng = np.random.default_rng(6)
+    lines = ["patient_id,image_path,study_datetime,bnp,bnpp,view,split"]
+    for i, split in enumerate(["test"] * 5 + ["train"]):
+        cv2.imwrite(str(archive / f"im{i}.png"), rng.integers(2000, 60000, (128, 128)).astype(np.uint16))
+        lines.append(f"P{i:03d},im{i}.png,2021-03-0{i + 1},{50 + 40 * i},{200 + 150 * i},PA,{split}")
+    (archive / "manifest.csv").write_text("\n".join(lines) + "\n")
+    records = tmp_path_factory.mktemp("records")
+    write_records(load_manifest(archive / "manifest.csv"), records,
+                  IngestConfig(sizes=(CLI_SIZE,), shard_size=8, progress=False))
+    run = tmp_path_factory.mktemp("runs") / "size64"
+    run.mkdir()
+    keras.utils.set_random_seed(3)
+    build_model("small_cnn", CLI_SIZE).save(run / "model.keras")
+    config = {"size": CLI_SIZE, "records_dir": str(records), "backbone": "small_cnn"}
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def load_cli():
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import sanity_check
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    return sanity_check
+
+
+def test_cli_writes_csv_and_plot_per_run(run_dir, tmp_path, capsys):
+    cli = load_cli()
+    assert cli.find_runs(run_dir.parent) == [run_dir]
+    argv = ["--runs-root", str(run_dir.parent), "--n", "3", "--methods", "vanilla", "gradcam", "--max-steps", "2",
+            "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    frame = pd.read_csv(tmp_path / "size64" / "sanity.csv")
+    assert frame.method.tolist() == ["vanilla"] * 3 + ["gradcam"] * 3
+    assert (frame.n_images[frame.method == "vanilla"] == 3).all()
+    assert (tmp_path / "size64" / "sanity.png").is_file()
+    assert "log10_bnp_bnpp" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--runs-root", "{empty}"], "no run folder"),
+    (["--run", "{empty}"], "config.json"),
+    (["--run", "{run}", "--n", "0"], "--n must be"),
+])
+def test_cli_errors_are_one_line(run_dir, tmp_path, capsys, argv, message):
+    argv = [arg.format(empty=tmp_path, run=run_dir) for arg in argv] + ["--methods", "vanilla", "--out", str(tmp_path)]
+    assert load_cli().main(argv) == 2
+    assert message in capsys.readouterr().err

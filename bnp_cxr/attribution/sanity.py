@@ -130,8 +130,8 @@ def _summary(method: str, step: int, layer: str, n_layers: int, reference: np.nd
 def _randomization(model: keras.Model, images: np.ndarray, methods: Sequence[str], target: str,
                    config: MethodConfig, max_steps: int | None, seed: int, cascading: bool) -> pd.DataFrame:
     unknown = [method for method in methods if method not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {list(methods)}")
+    if unknown or not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"methods must be distinct names from {METHODS}, got {list(methods)}")
     if max_steps is not None and max_steps < 0:
         raise ValueError(f"max_steps must be >= 0 or None, got {max_steps}")
     images = check_images(model, images)
@@ -145,17 +145,18 @@ def _randomization(model: keras.Model, images: np.ndarray, methods: Sequence[str
                 for method in methods}
 
     reference = maps()
-    rows = [_summary(method, 0, "", 0, reference[method], reference[method]) for method in methods]
+    # One block of rows per method, in the order asked for, each ordered by step.
+    rows = {method: [_summary(method, 0, "", 0, reference[method], reference[method])] for method in methods}
     n_layers = 0
-    for step, (name, layers) in enumerate(randomization_groups(clone)[:max_steps], start=1):
+    for step, (_, layers) in enumerate(randomization_groups(clone)[:max_steps], start=1):
         if not cascading:
             clone.set_weights(trained)
         reinitialize(layers, seed + step)
         n_layers = n_layers + len(layers) if cascading else len(layers)
         label = "+".join(layer.name for layer in layers)
-        current = maps()
-        rows += [_summary(method, step, label, n_layers, reference[method], current[method]) for method in methods]
-    return pd.DataFrame(rows, columns=list(SANITY_COLUMNS))
+        for method, current in maps().items():
+            rows[method].append(_summary(method, step, label, n_layers, reference[method], current))
+    return pd.DataFrame([row for method in methods for row in rows[method]], columns=list(SANITY_COLUMNS))
 
 
 def cascading_randomization(model: keras.Model, images: np.ndarray, methods: Sequence[str] = METHODS, *,
@@ -187,7 +188,7 @@ def plot_sanity(frame: pd.DataFrame, path: str | os.PathLike, title: str = "") -
             ax.errorbar(rows["step"], rows[metric], yerr=rows[f"{metric}_std"], marker="o", ms=4, capsize=2,
                         label=method)
         ax.axhline(0.0, color="0.6", lw=0.8)
-        ax.set(ylabel=label, ylim=(-0.25 if metric == "spearman" else -0.05, 1.05),
+        ax.set(ylabel=label, ylim=(-1.05 if metric == "spearman" else -0.05, 1.05),
                xlabel="layer group randomised at this step (head first)")
         ax.set_xticks(steps["step"], labels, rotation=60, ha="right", fontsize=7)
         ax.grid(alpha=0.3)
