@@ -3,8 +3,8 @@
 Display convention: air and lungs dark, bone bright (higher value = brighter), as a MONOCHROME2 viewer shows it.
 Full bit depth is kept: `Radiograph.pixels` holds modality values (after the Modality LUT / rescale, and after the
 VOI LUT only when asked), not a normalised image. Windowing to [0, 1] is a separate, explicit step
-(`intensity_window` then `apply_window`) so the records writer can pick the window on the full-resolution image
-and apply it after resizing.
+(`intensity_window` then `apply_window`, in bnp_cxr.windowing and re-exported here) so the records writer can
+pick the window on the full-resolution image and apply it after resizing.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom import pixels as dicom_pixels
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from bnp_cxr.windowing import apply_window, intensity_window, normalize_intensity  # noqa: F401 - public here too
+
 REJECT_REASONS = ("unreadable", "not_an_image", "no_pixel_data", "undecodable_pixels", "colour", "multi_frame",
-                  "lateral_view", "empty_image", "absurd_dimensions", "unsupported_format")
+                  "lateral_view", "empty_image", "absurd_dimensions", "unsupported_format",
+                  "unsupported_transfer_syntax")
 
 # ViewPosition values (DICOM CID 4010 and common vendor spellings) that mean a lateral projection.
 LATERAL_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT"})
@@ -37,6 +40,7 @@ _OTHER_MAGICS = ((b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"), (b"
                  (b"PK\x03\x04", "ZIP archive"), (b"%PDF", "PDF"))
 # A forced parse of arbitrary bytes "succeeds" with one junk element; real DICOM carries at least one of these.
 _DICOM_IDENTITY_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "Modality", "Rows", "PixelData")
+_TRUNCATED = "file truncated"
 
 
 class RadiographError(ValueError):
@@ -101,10 +105,20 @@ def _forced_read(handle, stop_before_pixels: bool) -> tuple[Dataset | None, str]
     try:
         dataset = pydicom.dcmread(handle, force=True, stop_before_pixels=stop_before_pixels)
         if any(keyword in dataset for keyword in _DICOM_IDENTITY_KEYWORDS):
-            return dataset, ""
+            cut = _truncation(dataset)
+            return (None, cut) if cut else (dataset, "")
         return None, "no SOP Class, Modality, Rows or Pixel Data element could be read"
     except Exception as error:  # pydicom raises many types on corrupt or truncated input
         return None, f"{type(error).__name__}: {error}"
+
+
+def _truncation(dataset: Dataset) -> str:
+    """Why the file ends inside its last element ("" if it does not): pydicom silently keeps a cut value."""
+    last = dataset.get_item(next(reversed(dataset.keys())))  # the raw element: its value is not yet converted
+    length, value = getattr(last, "length", None), getattr(last, "value", None)
+    if isinstance(value, bytes) and length is not None and length != 0xFFFFFFFF and len(value) < length:
+        return f"{_TRUNCATED}: it ends inside element {last.tag} after {len(value)} of its {length} bytes"
+    return ""
 
 
 def _parse_dicom(handle, path, is_dicom_part10: bool) -> tuple[Dataset, str]:
@@ -116,9 +130,11 @@ def _parse_dicom(handle, path, is_dicom_part10: bool) -> tuple[Dataset, str]:
     dataset, why = _forced_read(handle, stop_before_pixels=False)
     pixel_problem = ""
     if dataset is None:
-        dataset, _ = _forced_read(handle, stop_before_pixels=True)
+        dataset, header_why = _forced_read(handle, stop_before_pixels=True)
         if dataset is not None:
             pixel_problem = f"Pixel Data could not be read (file truncated?): {why}"
+        elif header_why.startswith(_TRUNCATED):
+            raise RadiographError("unreadable", header_why, path)
         elif is_dicom_part10:
             raise RadiographError("unreadable", f"DICM marker present but the header does not parse: {why}", path)
         else:
@@ -287,6 +303,15 @@ def _read_dicom(dataset: Dataset, path, apply_voi: bool) -> Radiograph:
     """Decode a header-checked DICOM dataset's pixels and convert them to display convention."""
     syntax = dataset.file_meta.TransferSyntaxUID
     try:
+        decoder = dicom_pixels.get_decoder(syntax)
+    except NotImplementedError:  # video (MPEG-2/4, HEVC), private or made-up UIDs: nothing can decode them
+        known = syntax.name if syntax.is_transfer_syntax else "not a known transfer syntax"
+        raise RadiographError("unsupported_transfer_syntax", f"no pixel decoder for {syntax} ({known})",
+                              path) from None
+    if not decoder.is_available:
+        raise RadiographError("unsupported_transfer_syntax", f"{syntax.name} needs a decoder plugin: "
+                                                             f"{decoder.missing_dependencies}", path)
+    try:
         raw = dataset.pixel_array
     except Exception as error:  # truncated data, bad codestream or a missing plugin all land here
         raise RadiographError("undecodable_pixels", f"{syntax.name}: {type(error).__name__}: {error}",
@@ -376,42 +401,3 @@ def _grey_from_channels(image: np.ndarray, kind: str, path) -> np.ndarray:
             raise RadiographError("colour", f"{kind} has {channels} channels whose values differ (real colour)",
                                   path)
     return grey
-
-
-def intensity_window(pixels: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5,
-                     sample_stride: int = 4) -> tuple[float, float]:
-    """(low, high) intensity percentiles, computed on the deterministic subsample pixels[::stride, ::stride].
-
-    Striding keeps the cost to a few ms on a 2000-px radiograph (1/16 of the pixels at stride 4) and, unlike
-    random sampling, gives the same window every run. Percentiles use numpy's default linear interpolation.
-    """
-    if not 0.0 <= low_percentile < high_percentile <= 100.0:
-        raise ValueError(f"need 0 <= low_percentile < high_percentile <= 100, got {low_percentile}, "
-                         f"{high_percentile}")
-    if sample_stride < 1:
-        raise ValueError(f"sample_stride must be >= 1, got {sample_stride}")
-    if pixels.ndim != 2 or pixels.size == 0:
-        raise ValueError(f"need a non-empty 2-D image, got shape {pixels.shape}")
-    sample = pixels[::sample_stride, ::sample_stride]
-    low, high = np.percentile(sample, (low_percentile, high_percentile))
-    return float(low), float(high)
-
-
-def apply_window(pixels: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Map window low -> 0 and high -> 1 linearly, clipped to [0, 1], as float32; a zero-width window gives zeros."""
-    low, high = float(window[0]), float(window[1])
-    if high < low:
-        raise ValueError(f"window high {high} is below low {low}")
-    if high == low:
-        # Constant image (or constant sample): nothing to stretch, and dividing would give NaN/inf.
-        return np.zeros(pixels.shape, dtype=np.float32)
-    out = np.subtract(pixels, np.float32(low), dtype=np.float32)
-    out *= np.float32(1.0 / (high - low))
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
-
-
-def normalize_intensity(pixels: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5,
-                        sample_stride: int = 4) -> np.ndarray:
-    """Window pixels to [0, 1] at their own strided percentiles: apply_window(pixels, intensity_window(pixels))."""
-    return apply_window(pixels, intensity_window(pixels, low_percentile, high_percentile, sample_stride))

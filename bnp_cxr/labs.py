@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
@@ -116,10 +117,15 @@ class LabTable:
     by_test: dict[str, pd.DataFrame]
     n_rows: int
     invalid: list[tuple[int, str, str]]  # (row, column, detail)
+    conflicts: list[tuple[int, str, str]] = field(default_factory=list)  # (row, column, detail), all rows involved
 
 
 def load_labs(path: str, *, first_data_row: int = 2) -> LabTable:
-    """Read a labs table (patient_id, lab_datetime, test in {BNP, BNPP}, value); invalid rows are listed."""
+    """Read a labs table (patient_id, lab_datetime, test in {BNP, BNPP}, value); invalid rows are listed.
+
+    Rows giving one patient different results for the same test at the same time are all set aside as
+    conflicts (which one is right is unknowable); exact repeats are harmless and kept.
+    """
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = {"patient_id", "lab_datetime", "test", "value"} - set(frame.columns)
     if missing:
@@ -152,10 +158,28 @@ def load_labs(path: str, *, first_data_row: int = 2) -> LabTable:
         valid[test].append(
             {"patient_id": patient_id, "lab_datetime": when, "value": value, "censored": censored, "labs_row": row}
         )
+    conflicts = _drop_conflicting(valid)
     columns = {"patient_id": object, "lab_datetime": "datetime64[ns]", "value": float, "censored": int,
                "labs_row": int}
     by_test = {test: pd.DataFrame(rows, columns=list(columns)).astype(columns) for test, rows in valid.items()}
-    return LabTable(by_test=by_test, n_rows=len(frame), invalid=invalid)
+    return LabTable(by_test=by_test, n_rows=len(frame), invalid=invalid, conflicts=conflicts)
+
+
+def _drop_conflicting(valid: dict[str, list[dict]]) -> list[tuple[int, str, str]]:
+    """Remove (in place) every lab row whose patient, test and time recur with another result; list them."""
+    conflicts = []
+    for test, rows in valid.items():
+        groups: dict[tuple, list[dict]] = defaultdict(list)
+        for row in rows:
+            groups[(row["patient_id"], row["lab_datetime"])].append(row)
+        clashing = [group for group in groups.values() if len({(r["value"], r["censored"]) for r in group}) > 1]
+        for group in clashing:
+            numbers = [r["labs_row"] for r in group]
+            conflicts += [(number, "value", f"rows {numbers} give this patient different {test} results at "
+                                            f"{group[0]['lab_datetime']:%Y-%m-%d %H:%M}") for number in numbers]
+        dropped = {r["labs_row"] for group in clashing for r in group}
+        rows[:] = [row for row in rows if row["labs_row"] not in dropped]
+    return sorted(conflicts)
 
 
 def pair_nearest_labs(

@@ -3,6 +3,11 @@
 Schema: data_manifests/README.md. Row numbers in rejects are line numbers of the CSV (header = 1),
 as a spreadsheet shows them. Problems with one row reject that row with its column and reason;
 problems with the whole file (missing columns) raise ManifestError.
+
+Paths: relative to the manifest's folder, and must stay inside it (absolute paths that point inside it are
+fine), unless `ManifestConfig.allow_outside_root` is set for an archive that lives elsewhere. Conflicts: rows
+naming the same image for different patients, or with different values, are all rejected (we cannot tell
+which one is right); an exact repeat of a row is a duplicate and only the repeats are rejected.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class ManifestConfig:
     pairing_window_hours: float = 24.0
     allow_lateral: bool = False
     salt: str | None = None
+    allow_outside_root: bool = False  # accept absolute paths and ../ paths outside the manifest's folder
 
 
 @dataclass(frozen=True)
@@ -124,20 +130,70 @@ class _RowRejected(Exception):
         self.column, self.reason, self.detail = column, reason, detail
 
 
-def resolve_relative_path(root: Path, text: str, column: str) -> tuple[str, str]:
-    """Normalise a manifest path (relative, '/' or '\\' separated) and check it stays inside `root`."""
+def normalise_path(root: Path, text: str) -> tuple[str, str]:
+    """(path, where): '/'-separated normalised path, relative to root when it lies inside root.
+
+    `where` is "" inside root, "absolute" for an absolute path outside it, "escapes" for a relative one
+    leaving it (`../..`). Lexical only: symlinks inside root are followed, as the README suggests them.
+    """
     raw = text.strip().replace("\\", "/")
-    if not raw:
-        raise _RowRejected(column, "missing_path", f"{column} is empty")
-    if PurePosixPath(raw).is_absolute() or (len(raw) > 1 and raw[1] == ":"):
-        raise _RowRejected(column, "absolute_path", f"{column} {text!r} must be relative to the manifest folder")
+    absolute = PurePosixPath(raw).is_absolute() or (len(raw) > 1 and raw[1] == ":")
     normalised = os.path.normpath(raw).replace(os.sep, "/")
-    if normalised == ".." or normalised.startswith("../"):
-        raise _RowRejected(column, "path_outside_root", f"{column} {text!r} escapes the manifest folder")
-    absolute = root / normalised
+    if absolute and os.path.isabs(raw):
+        relative = os.path.relpath(normalised, os.path.abspath(root)).replace(os.sep, "/")
+        if relative != ".." and not relative.startswith("../"):
+            return relative, ""
+    if absolute:
+        return normalised, "absolute"
+    return normalised, ("escapes" if normalised == ".." or normalised.startswith("../") else "")
+
+
+def resolve_relative_path(root: Path, text: str, column: str, allow_outside_root: bool = False) -> tuple[str, str]:
+    """Normalise a manifest path ('/' or '\\' separated), check it stays inside `root` unless allowed, and exists."""
+    if not text.strip():
+        raise _RowRejected(column, "missing_path", f"{column} is empty")
+    normalised, outside = normalise_path(root, text)
+    how = "symlink the archive into the folder or allow paths outside it (ManifestConfig.allow_outside_root)"
+    if outside == "absolute" and not allow_outside_root:
+        raise _RowRejected(column, "absolute_path", f"{column} {text!r} is an absolute path outside the manifest "
+                                                    f"folder; {how}")
+    if outside == "escapes" and not allow_outside_root:
+        raise _RowRejected(column, "path_outside_root", f"{column} {text!r} escapes the manifest folder; {how}")
+    absolute = root / normalised  # an absolute `normalised` replaces root
     if not absolute.is_file():
         raise _RowRejected(column, "file_not_found", f"{column} {text!r}: no such file under {root}")
     return normalised, str(absolute)
+
+
+def _image_conflicts(records: list[dict], root: Path) -> dict[int, tuple[str, str, str]]:
+    """Rows (by offset) that share an image with another row -> (column, reason, detail) to reject them with.
+
+    Same image, different patient_id: every row is `conflicting_patient`. Same patient, other cells differ:
+    every row is `conflicting_duplicate`, naming the columns. Identical rows: the repeats are `duplicate_row`.
+    """
+    offsets_of: dict[str, list[int]] = defaultdict(list)
+    for offset, record in enumerate(records):
+        if record["image_path"].strip():
+            offsets_of[normalise_path(root, record["image_path"])[0]].append(offset)
+    compared = [column for column in (*REQUIRED_COLUMNS, *LAB_COLUMNS, *OPTIONAL_COLUMNS) if column != "image_path"]
+    conflicts: dict[int, tuple[str, str, str]] = {}
+    for image_path, offsets in offsets_of.items():
+        if len(offsets) < 2:
+            continue
+        rows = [FIRST_DATA_ROW + offset for offset in offsets]
+        differing = [column for column in compared if len({records[o][column].strip() for o in offsets}) > 1]
+        if "patient_id" in differing:  # the raw IDs stay out of the detail: rejects.csv is shared
+            verdict = ("patient_id", "conflicting_patient", f"rows {rows} name image_path {image_path!r} for "
+                                                            "different patients")
+            conflicts.update({offset: verdict for offset in offsets})
+        elif differing:
+            verdict = (",".join(differing), "conflicting_duplicate", f"rows {rows} name image_path {image_path!r} "
+                                                                     f"with different {', '.join(differing)}")
+            conflicts.update({offset: verdict for offset in offsets})
+        else:
+            conflicts.update({offset: ("image_path", "duplicate_row", f"image_path {image_path!r} already on "
+                                                                      f"row {rows[0]}") for offset in offsets[1:]})
+    return conflicts
 
 
 def _parse_lab_cell(record: dict, column: str) -> tuple[float, int]:
@@ -188,15 +244,18 @@ def load_manifest(path: str | os.PathLike, labs_path: str | os.PathLike | None =
     root = path.parent
     rejects: list[Reject] = []
     accepted: list[dict] = []
-    first_row_of: dict[str, int] = {}
 
     def reject(row: int, image_path: str, column: str, reason: str, detail: str, stage: str = "manifest") -> None:
         rejects.append(Reject(path.name, row, image_path, stage, reason, column, detail))
 
-    for offset, record in enumerate(frame.to_dict("records")):
+    records = frame.to_dict("records")
+    conflicts = _image_conflicts(records, root)
+    for offset, record in enumerate(records):
         row = FIRST_DATA_ROW + offset
         try:
-            accepted.append(_validate_row(record, row, root, config, labs_path is not None, first_row_of))
+            if offset in conflicts:
+                raise _RowRejected(*conflicts[offset])
+            accepted.append(_validate_row(record, row, root, config, labs_path is not None))
         except _RowRejected as error:
             reject(row, record["image_path"], error.column, error.reason, error.detail)
 
@@ -225,15 +284,11 @@ def load_manifest(path: str | os.PathLike, labs_path: str | os.PathLike | None =
     return Manifest(path=path, rows=rows, rejects=rejects, n_rows=len(frame), labs_summary=labs_summary)
 
 
-def _validate_row(record: dict, row: int, root: Path, config: ManifestConfig, pairing: bool,
-                  first_row_of: dict[str, int]) -> dict:
+def _validate_row(record: dict, row: int, root: Path, config: ManifestConfig, pairing: bool) -> dict:
     patient_id = record["patient_id"].strip()
     if not patient_id:
         raise _RowRejected("patient_id", "missing_patient_id", "patient_id is empty")
-    image_path, abs_path = resolve_relative_path(root, record["image_path"], "image_path")
-    if image_path in first_row_of:
-        raise _RowRejected("image_path", "duplicate_row", f"image_path {image_path!r} already on row {first_row_of[image_path]}")
-    first_row_of[image_path] = row
+    image_path, abs_path = resolve_relative_path(root, record["image_path"], "image_path", config.allow_outside_root)
     view = record["view"].strip().upper()
     if view in LATERAL_VIEWS and not config.allow_lateral:
         raise _RowRejected("view", "lateral_view", f"view {record['view']!r} is lateral; frontal views only")
@@ -249,7 +304,8 @@ def _validate_row(record: dict, row: int, root: Path, config: ManifestConfig, pa
             raise _RowRejected("lab_datetime", "bad_datetime", str(error)) from None
     masks = {}
     for column in ("lung_mask_path", "component_mask_path"):
-        masks[column] = resolve_relative_path(root, record[column], column)[1] if record[column].strip() else None
+        masks[column] = (resolve_relative_path(root, record[column], column, config.allow_outside_root)[1]
+                         if record[column].strip() else None)
     return dict(row=row, image_path=image_path, abs_path=abs_path, patient_id=patient_id, split=split, view=view,
                 study_datetime=study_datetime, bnp=bnp, bnpp=bnpp, **masks)
 
@@ -262,6 +318,8 @@ def _attach_labs(accepted: list[dict], labs_path: Path, config: ManifestConfig, 
         raise ManifestError(str(error)) from error
     for row, column, detail in table.invalid:
         rejects.append(Reject(labs_path.name, row, "", "labs", "bad_lab_row", column, detail))
+    for row, column, detail in table.conflicts:
+        rejects.append(Reject(labs_path.name, row, "", "labs", "conflicting_lab", column, detail))
     studies = pd.DataFrame(
         {"patient_id": [item["patient_id"] for item in accepted],
          "study_datetime": pd.to_datetime([item["study_datetime"] for item in accepted])}
@@ -275,8 +333,9 @@ def _attach_labs(accepted: list[dict], labs_path: Path, config: ManifestConfig, 
                 item[key] = (float(match["value"]), int(match["censored"]))
                 item[f"{key}_hours_from_study"] = float(match["hours_from_study"])
                 used_rows.add(int(match["labs_row"]))
-    summary = {"rows": table.n_rows, "invalid": len(table.invalid), "paired": len(used_rows),
-               "unused": table.n_rows - len(table.invalid) - len(used_rows),
+    unusable = len(table.invalid) + len(table.conflicts)
+    summary = {"rows": table.n_rows, "invalid": unusable, "paired": len(used_rows),
+               "unused": table.n_rows - unusable - len(used_rows),
                "window_hours": config.pairing_window_hours}
     return accepted, summary
 

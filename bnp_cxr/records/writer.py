@@ -7,6 +7,10 @@ fingerprint, written image IDs and rejects, so ``resume`` redoes only incomplete
 
 Decoding runs in a pool of worker processes, not in tf.data threads: pydicom and the JPEG 2000
 decoders hold the GIL, so threads give no speed-up (bench/ingest.py measures the parallel efficiency).
+A decoder that kills its worker (segfault in a C codec, os._exit) costs only its row: the pool is
+recreated, the rows that were in flight are retried one at a time in a fresh process, and the one that
+kills that process too is rejected as `decoder_crashed` (with workers=1 decoding runs in this process,
+so there is nothing to isolate it from: use workers >= 2 for untrusted archives).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import multiprocessing
 import os
 import time
 from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -52,6 +57,9 @@ class IngestConfig:
     overwrite: bool = False
     allow_lateral: bool = False
     progress: bool = True
+    # What decodes one row: prepare_row's signature (row, sizes, allow_lateral) -> Prepared | Failure. It must be
+    # a module-level function: spawned workers import it by module and name (they inherit this sys.path).
+    prepare: Callable[..., Prepared | Failure] = prepare_row
 
     def __post_init__(self) -> None:
         bad = [size for size in self.sizes if not MIN_SIZE <= size <= MAX_SIZE]
@@ -61,6 +69,9 @@ class IngestConfig:
             raise ValueError("shard_size and workers must be >= 1")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other")
+        if "<" in getattr(self.prepare, "__qualname__", "<"):
+            raise ValueError(f"prepare must be a module-level function (workers import it by name), got "
+                             f"{self.prepare!r}")
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,10 @@ def plan_shards(rows: Iterable[ImageRow], shard_size: int) -> list[ShardGroup]:
 
 def group_fingerprint(group: ShardGroup, config: IngestConfig) -> str:
     """Hash of what a group's shards depend on: its rows (pseudonymous fields, file stats) and settings."""
-    hasher = hashlib.sha256(json.dumps([SCHEMA_VERSION, list(config.sizes), config.allow_lateral]).encode())
+    settings = [SCHEMA_VERSION, list(config.sizes), config.allow_lateral]
+    if config.prepare is not prepare_row:  # another decoder writes other records; the default keeps old markers
+        settings.append(f"{config.prepare.__module__}.{config.prepare.__qualname__}")
+    hasher = hashlib.sha256(json.dumps(settings).encode())
     for row in group.rows:
         fields = dataclasses.asdict(row)
         del fields["patient_id"], fields["abs_path"]  # raw ID never leaves memory; paths may move
@@ -102,28 +116,87 @@ def group_fingerprint(group: ShardGroup, config: IngestConfig) -> str:
     return hasher.hexdigest()
 
 
-def _prepare_safely(row: ImageRow, sizes: tuple[int, ...], allow_lateral: bool) -> Prepared | Failure:
+def _prepare_safely(row: ImageRow, sizes: tuple[int, ...], allow_lateral: bool,
+                    prepare: Callable[..., Prepared | Failure] = prepare_row) -> Prepared | Failure:
     # A bug or an unforeseen decoder error on one file must reject that row, not stop the archive.
     try:
-        return prepare_row(row, sizes, allow_lateral)
+        return prepare(row, sizes, allow_lateral)
     except Exception as error:  # noqa: BLE001 - reported per row in rejects.csv
         return Failure("processing_error", "image_path", f"{type(error).__name__}: {error}")
 
 
-def ordered_map(fn: Callable, items: Iterable, workers: int, max_in_flight: int | None = None) -> Iterator:
-    """Map in worker processes (spawn; TensorFlow is not fork-safe), yielding in order, bounded memory."""
+def decoder_crashed(row: ImageRow, error: BaseException) -> Failure:
+    """The reject for a row whose decoding killed a fresh worker process on its own."""
+    _log.warning("decoding %s killed its worker process; row %d rejected as decoder_crashed", row.image_path, row.row)
+    return Failure("decoder_crashed", "image_path", "decoding this file killed the worker process (e.g. a "
+                                                    f"segfault in a codec), also when retried alone: {error}")
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int, max_in_flight: int | None = None,
+                on_crash: Callable[[object, BaseException], object] | None = None) -> Iterator:
+    """Map in worker processes (spawn; TensorFlow is not fork-safe), yielding in order, bounded memory.
+
+    Without `on_crash` a worker that dies raises BrokenProcessPool. With it, the pool is recreated, the
+    items in flight are retried one at a time in a fresh process, and an item that kills that process too
+    yields on_crash(item, error) in its place.
+    """
     if workers <= 1:
         yield from map(fn, items)
         return
     max_in_flight = max_in_flight or 4 * workers
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= max_in_flight:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    context = multiprocessing.get_context("spawn")
+    items = iter(items)
+    pending: deque[tuple[object, Future | None]] = deque()  # None: not submitted because the pool had broken
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    try:
+        while True:
+            for item in items:
+                try:
+                    pending.append((item, pool.submit(fn, item)))
+                except BrokenProcessPool:
+                    pending.append((item, None))
+                if len(pending) >= max_in_flight:
+                    break
+            if not pending:
+                return
+            future = pending[0][1]
+            try:
+                if future is None:
+                    raise BrokenProcessPool("the worker pool broke before this item was submitted")
+                result = future.result()
+            except BrokenProcessPool:
+                if on_crash is None:
+                    raise
+                pool.shutdown(wait=True, cancel_futures=True)
+                yield from _isolate(fn, list(pending), context, on_crash)
+                pending.clear()
+                pool = ProcessPoolExecutor(workers, mp_context=context)
+                continue
+            pending.popleft()
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _isolate(fn: Callable, entries: list[tuple[object, Future | None]], context, on_crash: Callable) -> Iterator:
+    """Results of items in flight when a worker died: finished ones as they are, the rest retried one by one."""
+    solo = None
+    try:
+        for item, future in entries:
+            if future is not None and future.done() and not future.cancelled() and future.exception() is None:
+                yield future.result()
+                continue
+            solo = solo or ProcessPoolExecutor(1, mp_context=context)
+            try:
+                result = solo.submit(fn, item).result()
+            except BrokenProcessPool as error:
+                solo.shutdown(wait=True)
+                solo = None  # the next suspect gets a fresh process
+                result = on_crash(item, error)
+            yield result
+    finally:
+        if solo is not None:
+            solo.shutdown(wait=True)
 
 
 def _existing_shards(out_dir: Path, sizes: tuple[int, ...]) -> list[Path]:
@@ -214,8 +287,10 @@ def write_records(manifest: Manifest, out_dir: str | os.PathLike, config: Ingest
             if marker is not None:
                 markers[group.marker_name] = marker
     todo = [group for group in plan if group.marker_name not in markers]
-    prepare = partial(_prepare_safely, sizes=tuple(config.sizes), allow_lateral=config.allow_lateral)
-    results = ordered_map(prepare, (row for group in todo for row in group.rows), config.workers)
+    prepare = partial(_prepare_safely, sizes=tuple(config.sizes), allow_lateral=config.allow_lateral,
+                      prepare=config.prepare)
+    results = ordered_map(prepare, (row for group in todo for row in group.rows), config.workers,
+                          on_crash=decoder_crashed)
     with tqdm(total=sum(len(group.rows) for group in todo), unit="img", desc="records",
               disable=not config.progress) as bar:
         for group in todo:
