@@ -35,7 +35,7 @@ XRAI_ALPHA = 0.45  # XRAI's kept regions are tinted evenly: their extent is the 
 XRAI_DIM = 0.4  # brightness left outside XRAI's top regions
 VANILLA_PERCENTILE = 99.5
 CONTOUR = {"color": "cyan", "lw": 0.6}
-FONT_PT = 7.5  # >= 7 pt at a 7-inch figure width: readable when printed at one page width
+FONT_PT = 7.5  # the footnote is 7 pt; >= 7 pt at a 7-inch figure width: readable when printed at one page width
 PANEL_WIDTH_IN = 7.0
 
 
@@ -48,10 +48,18 @@ class Overlay:
 
 
 def scale_label(method: str, xrai_top_fraction: float = 0.10) -> str:
-    """What a method's colour scale shows (the row's colour bar label)."""
-    return {"vanilla": f"|gradient| / cell p{VANILLA_PERCENTILE:g}",
-            "gradcam": "Grad-CAM (ReLU, / max)",
-            "xrai": f"XRAI top {xrai_top_fraction:.0%}: threshold → max"}.get(method, "attribution / cell max")
+    """What a method's colour scale shows, short enough for a colour bar one cell high (SCALE_NOTE spells it out)."""
+    return {"vanilla": f"|grad| / p{VANILLA_PERCENTILE:g}", "gradcam": "Grad-CAM",
+            "xrai": "threshold → max"}.get(method, "attribution / max")
+
+
+def scale_note(methods: Sequence[str], xrai_top_fraction: float = 0.10) -> str:
+    """The figure's footnote: each row's colour scale in full, and the contour."""
+    notes = {"vanilla": f"Gradient: |gradient| per cell / its {VANILLA_PERCENTILE:g}th percentile",
+             "gradcam": "Grad-CAM: ReLU, / max",
+             "xrai": f"XRAI: its top {xrai_top_fraction:.0%} regions (rest dimmed), cell threshold → max"}
+    return "; ".join([notes.get(method, f"{method}: positive part / max") for method in methods]
+                     + ["cyan: lung contour"]) + "."
 
 
 def normalised(attribution: np.ndarray, method: str, xrai_top_fraction: float = 0.10) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +142,7 @@ def panel_figure(radiographs: Mapping[int, np.ndarray], maps: Mapping[tuple[str,
         raise ValueError("need at least one radiograph size and one method")
     n_rows, n_cols = len(methods), len(sizes)
     cell_in = (PANEL_WIDTH_IN - 1.6) / n_cols  # room for row labels and the colour bars
-    figure = Figure(figsize=(PANEL_WIDTH_IN, n_rows * cell_in + (0.75 if title else 0.45)), dpi=dpi,
+    figure = Figure(figsize=(PANEL_WIDTH_IN, n_rows * cell_in + (1.0 if title else 0.7)), dpi=dpi,
                     layout="constrained")
     grid = figure.add_gridspec(n_rows, n_cols + 1, width_ratios=[1] * n_cols + [0.06])
     for row, method in enumerate(methods):
@@ -149,6 +157,7 @@ def panel_figure(radiographs: Mapping[int, np.ndarray], maps: Mapping[tuple[str,
         _colorbar(figure, figure.add_subplot(grid[row, n_cols]), method, scale_label(method, xrai_top_fraction))
     if title:
         figure.suptitle(title, fontsize=FONT_PT + 1.5)
+    figure.supxlabel(scale_note(methods, xrai_top_fraction), fontsize=FONT_PT - 0.5, wrap=True)
     return figure
 
 
@@ -180,7 +189,7 @@ def overlay_image(radiograph: np.ndarray, attribution: np.ndarray, path: str | P
     ax = figure.add_subplot(grid[0, 0])
     radiograph = np.asarray(radiograph, dtype=np.float64).squeeze()
     _draw_cell(ax, radiograph, attribution, lung_mask, method, xrai_top_fraction)
-    ax.set_xlabel(method_title(method, xrai_top_fraction), fontsize=FONT_PT + 1)
+    ax.set_xlabel(scale_note([method], xrai_top_fraction), fontsize=FONT_PT - 0.5, wrap=True)
     _colorbar(figure, figure.add_subplot(grid[0, 1]), method, scale_label(method, xrai_top_fraction))
     if title:
         ax.set_title(title, fontsize=FONT_PT + 1)
