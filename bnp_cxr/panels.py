@@ -135,7 +135,8 @@ def method_title(method: str, xrai_top_fraction: float = 0.10) -> str:
 
 def panel_figure(radiographs: Mapping[int, np.ndarray], maps: Mapping[tuple[str, int], np.ndarray],
                  lung_masks: Mapping[int, np.ndarray | None], *,
-                 methods: Sequence[str] = ("vanilla", "gradcam", "xrai"), xrai_top_fraction: float = 0.10, title: str = "", dpi: int = 200) -> Figure:
+                 methods: Sequence[str] = ("vanilla", "gradcam", "xrai"), xrai_top_fraction: float = 0.10,
+                 title: str = "", dpi: int = 200) -> Figure:
     """The sizes x methods panel as a Figure, PANEL_WIDTH_IN wide (attribution_panel saves it)."""
     sizes = sorted(int(size) for size in radiographs)
     if not sizes or not methods:
