@@ -54,7 +54,6 @@ def test_make_tfrecords_killed_at_random_points_resumes_to_the_same_examples(coh
     log = tmp_path / "make_tfrecords.log"
     # Every kill is followed by the check that each final-named shard parses whole and matches its marker.
     events = kill_and_resume_records(command, out, KILLS, SEED, gap_s / WORKERS, n_groups, env, log)
-    print(n_groups, gap_s, *events, sep="\n")
     assert len(events) == KILLS and any(event.killed for event in events), events
     finish([*command, "--resume"], env, log)
 
