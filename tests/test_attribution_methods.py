@@ -122,9 +122,13 @@ def test_reused_gradients_give_the_same_maps(model, images):
 
 @pytest.mark.skipif(importlib.util.find_spec("bnp_cxr.attribution.xrai") is None,
                     reason="bnp_cxr.attribution.xrai (xrai_map) is not written yet")
-def test_xrai_branch_gives_one_map_per_image(model, images):
-    maps = attribution_maps(model, images[:2], "xrai", config=MethodConfig(ig_steps=4, batch_size=8))
+def test_xrai_branch_delegates_to_xrai_map(model, images):
+    from bnp_cxr.attribution.xrai import xrai_map
+
+    maps = attribution_maps(model, images[:2], "xrai", target="bnp", config=MethodConfig(ig_steps=4, batch_size=8))
     assert maps.shape == (2, SIZE, SIZE) and maps.dtype == np.float32 and np.isfinite(maps).all()
+    direct = xrai_map(model, images[1], target="bnp", impl="fast", batch_size=8, steps=4).attribution
+    np.testing.assert_allclose(maps[1], direct, rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -1,5 +1,6 @@
 """Model-randomisation sanity check: layer groups, re-initialisation, map similarity, frames and plot."""
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -148,6 +149,13 @@ def test_independent_randomization_randomises_one_group_per_step(model, images):
     # Step 1 is the same randomisation in both modes (the head alone, from the same seed).
     np.testing.assert_allclose(frame.iloc[1][["spearman", "ssim"]].astype(float),
                                cascading.iloc[1][["spearman", "ssim"]].astype(float))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bnp_cxr.attribution.xrai") is None,
+                    reason="bnp_cxr.attribution.xrai (xrai_map) is not written yet")
+def test_cascading_runs_xrai(model, images):
+    frame = cascading_randomization(model, images, ("xrai",), max_steps=1, config=MethodConfig(ig_steps=4))
+    assert frame.step.tolist() == [0, 1] and np.isfinite(frame.ssim).all() and frame.ssim.iloc[0] == pytest.approx(1)
 
 
 @pytest.mark.parametrize("methods, max_steps, message", [
