@@ -215,8 +215,7 @@ def load_pairs(pairs: list[tuple[str, str]], size: int, *,
         try:
             image, mask = prepare_pair(image_path, mask_path, size)
         except (imaging.RadiographError, MaskError) as error:
-            reason = getattr(error, "reason", "unreadable")
-            reject = LungReject(image_path, mask_path, reason, getattr(error, "detail", str(error)))
+            reject = LungReject(image_path, mask_path, error.reason, error.detail)
             if rejects is None:
                 warnings.warn(f"skipped {image_path}: {reject.reason}: {reject.detail}", stacklevel=2)
             else:

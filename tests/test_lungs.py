@@ -100,6 +100,19 @@ def test_unet_learns_synthetic_lungs():
     assert set(result.history) >= {"loss", "dice", "val_loss", "val_dice"}
 
 
+def test_augmentation_moves_image_and_mask_together():
+    square = np.zeros((32, 32, 1), np.float32)
+    square[8:24, 10:22] = 1
+    moved_any = False
+    for _ in range(6):
+        image, mask = (np.asarray(t) for t in lungs._augment(square, square, 32))
+        assert image.min() >= 0 and image.max() <= 1 and set(np.unique(mask)) <= {0.0, 1.0}
+        # Gain and gamma keep a 0/1 image's foreground above 0.8; the affine moved both alike.
+        assert lungs.dice(image[..., 0] > 0.5, mask[..., 0] > 0.5) > 0.95
+        moved_any |= not np.array_equal(mask, square)
+    assert moved_any
+
+
 def test_split_is_seeded_and_disjoint():
     train, val = lungs.split_indices(20, 0.15, seed=3)
     assert len(val) == 3 and not set(train) & set(val) and len(train) + len(val) == 20
@@ -121,8 +134,8 @@ def test_predict_resizes_to_the_model_and_back(image_size):
     predicted = lungs.predict_lung_masks(identity_model(32), truth[None, ..., None].astype(np.float32))
     assert predicted.shape == (1, image_size, image_size)
     assert lungs.dice(predicted[0], truth) > 0.9
-    assert lungs.predict_lung_masks(identity_model(32), np.zeros((0, image_size, image_size, 1))).shape == (0, image_size,
-                                                                                                          image_size)
+    empty = np.zeros((0, image_size, image_size, 1), np.float32)
+    assert lungs.predict_lung_masks(identity_model(32), empty).shape == (0, image_size, image_size)
 
 
 def test_keep_two_largest_components_drops_specks():
@@ -147,7 +160,8 @@ def test_read_mask_folder_lists_pairs(tmp_path):
 @pytest.mark.parametrize("index_text, message", [
     (None, "no index at"),
     ("id,picture,mask\na,images/0.png,masks/0.png\n", "need image and mask"),
-    ("id,image,mask\na,images/0.png,masks/0.png\nb,images/9.png,masks/0.png\n", r"file_not_found: index.csv line 3: image '.*9.png' not found"),
+    ("id,image,mask\na,images/0.png,masks/0.png\nb,images/9.png,masks/0.png\n",
+     r"file_not_found: index.csv line 3: image '.*9.png' not found"),
     ("id,image,mask\na,images/0.png,\n", "missing_path: index.csv line 2: mask is empty"),
     ("id,image,mask\na,images/0.png,masks/0.png\nb,images/0.png,masks/0.png\n", "duplicate_row: index.csv line 3"),
     ("id,image,mask\n", "lists no usable image/mask pairs"),
@@ -239,7 +253,8 @@ def test_save_and_load_round_trip_with_sidecar(tmp_path):
     assert info["size"] == 16 and info["data"] == "toys" and (info["n_train"], info["n_val"]) == (7, 1)
     assert info["dice_mean"] == pytest.approx(result.dice_mean)
     loaded = lungs.load_lung_model(out)
-    np.testing.assert_array_equal(lungs.predict_lung_masks(loaded, images), lungs.predict_lung_masks(result.model, images))
+    np.testing.assert_array_equal(lungs.predict_lung_masks(loaded, images),
+                                  lungs.predict_lung_masks(result.model, images))
     with pytest.raises(FileNotFoundError, match="train_lungs.py"):
         lungs.load_lung_model(tmp_path / "absent.keras")
 
@@ -261,6 +276,17 @@ def test_cli_trains_on_a_folder_end_to_end(tmp_path):
     assert "12 listed, 11 read, 1 skipped" in result.stdout
     assert "held-out Dice (2 images, 9 trained on): mean" in result.stdout
     assert out.is_file() and json.loads(lungs.sidecar_path(out).read_text())["data"] == "set"
+
+
+def test_cli_defaults_to_the_phantom_cohort(phantom_cohort, tmp_path):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "cohort").symlink_to(phantom_cohort, target_is_directory=True)
+    result = run_cli("--size", "32", "--epochs", "1", "--base-filters", "4", "--depth", "2", "--verbose", "0",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "lateral_view" in result.stdout and "held-out Dice" in result.stdout
+    assert (tmp_path / "work" / "lungs" / "unet32.keras").is_file()
+    assert json.loads((tmp_path / "work" / "lungs" / "unet32.json").read_text())["data"] == "cohort/manifest.csv"
 
 
 def test_cli_without_a_cohort_says_how_to_make_one(tmp_path):

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=256, help="image size in px (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=30, help="default: %(default)s")
     parser.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
-    parser.add_argument("--base-filters", type=int, default=16, help="filters of the first level (default: %(default)s)")
+    parser.add_argument("--base-filters", type=int, default=16, help="first-level filters (default: %(default)s)")
     parser.add_argument("--depth", type=int, default=4, help="poolings in the U-Net (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam peak learning rate (default: %(default)g)")
     parser.add_argument("--val-fraction", type=float, default=0.15, help="held-out fraction (default: %(default)s)")
@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
                         help="0 silent, 1 progress bar, 2 one line per epoch (default: %(default)s)")
     return parser
+
+
+def data_name(data: Path) -> str:
+    """What the sidecar records as the training data: the folder's name, or folder/file for a CSV."""
+    return data.absolute().name if data.is_dir() else f"{data.absolute().parent.name}/{data.name}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     result = lungs.train_lung_model(images, masks, epochs=args.epochs, batch_size=args.batch_size,
                                     val_fraction=args.val_fraction, seed=args.seed, base_filters=args.base_filters,
                                     depth=args.depth, out_path=out, augment=args.augment, learning_rate=args.lr,
-                                    data_name=args.data.name, verbose=args.verbose)
+                                    data_name=data_name(args.data), verbose=args.verbose)
     scores = result.dice_per_image
     print(f"held-out Dice ({result.n_val} images, {result.n_train} trained on): mean {scores.mean():.4f}, "
           f"median {np.median(scores):.4f}, min {scores.min():.4f}")
