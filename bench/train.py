@@ -12,8 +12,13 @@ the time from the end of epoch 1 to the end of epoch N (first epoch = tracing an
 train-phase share (epoch start -> validation start) is reported too. Runs alternate ours / bare
 --repeats times (shared machines drift); medians are reported. Goal: ours >= 0.95x bare.
 
+Both sides use the same dtype policy and XLA setting; --mixed-precision both runs every size in float32
+and in mixed float16 (a row each), --xla compiles both sides' steps with XLA.
+
     python bench/train.py                                  # small_cnn at 256 px on work/records (CPU)
-    python bench/train.py --backbone resnet152 --size 256 1024 --mixed-precision on   # the GPU figures
+    python bench/train.py --backbone resnet152 --sizes 256 1024 --mixed-precision both --name train_gpu
+    python bench/train.py --backbone resnet152 --sizes 256 1024 --mixed-precision both --xla --name train_gpu_xla
+    python bench/train.py --backbone small_cnn --sizes 64 --epochs 2 --repeats 1 --mixed-precision both  # smoke
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
 import keras  # noqa: E402
+
+from bnp_cxr.training.config import POLICIES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_RATIO = 0.95
@@ -89,7 +96,7 @@ def ensure_records(records: Path, size: int) -> None:
                         "--sizes", str(size), "--resume", "--no-progress"], check=True)
 
 
-def run_ours(args, size: int, batch_size: int, mixed: bool) -> dict:
+def run_ours(args, size: int, batch_size: int, precision: str) -> dict:
     """One bnp_cxr.training.train run in a temporary run folder, timed."""
     from bnp_cxr.training import make_config, train
 
@@ -97,13 +104,13 @@ def run_ours(args, size: int, batch_size: int, mixed: bool) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         config = make_config({"records_dir": str(args.records), "size": size, "backbone": args.backbone,
                               "epochs": args.epochs, "batch_size": batch_size, "augment": args.augment,
-                              "mixed_precision": "on" if mixed else "off", "run_dir": run_dir})
+                              "mixed_precision": precision, "xla": args.xla, "run_dir": run_dir})
         train(config, callbacks=[clock], verbose=0, log=lambda _: None)
         steps = int(json.loads((Path(run_dir) / "config.json").read_text())["steps_per_epoch"])
     return clock.steady(steps * batch_size)
 
 
-def run_bare(args, size: int, batch_size: int, mixed: bool) -> dict:
+def run_bare(args, size: int, batch_size: int, precision: str) -> dict:
     """A bare Model.fit on the same model and records, timed."""
     import tensorflow as tf
 
@@ -123,10 +130,11 @@ def run_bare(args, size: int, batch_size: int, mixed: bool) -> dict:
         tf.data.experimental.assert_cardinality(val_batches))
     keras.utils.set_random_seed(0)
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    keras.mixed_precision.set_global_policy(POLICIES[precision])
     try:
         model = build_model(args.backbone, size)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=MaskedL1())
+        # No strategy: Keras's default feeding (batches copied to the device when a step starts).
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=MaskedL1(), jit_compile=args.xla)
         clock = EpochClock()
         model.fit(train_data, validation_data=val_data, epochs=args.epochs, steps_per_epoch=steps,
                   callbacks=[clock], verbose=0)
@@ -144,10 +152,13 @@ def main() -> None:
     parser.add_argument("--records", type=Path, default=REPO / "work" / "records")
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet152" if gpus else "small_cnn",
                         help="default: resnet152 with a GPU, small_cnn without")
-    parser.add_argument("--size", type=int, nargs="+", default=[256, 1024] if gpus else [256])
+    parser.add_argument("--sizes", "--size", dest="sizes", type=int, nargs="+",
+                        default=[256, 1024] if gpus else [256])
     parser.add_argument("--epochs", type=int, default=10, help="per run; the first is excluded (default: 10)")
     parser.add_argument("--batch-size", type=int, help="default: 32 up to 512 px, 8 above")
-    parser.add_argument("--mixed-precision", choices=("on", "off"), default="on" if gpus else "off")
+    parser.add_argument("--mixed-precision", choices=("on", "off", "bfloat16", "both"), default="on" if gpus else "off",
+                        help="on = mixed float16, both = a float32 and a float16 row per size")
+    parser.add_argument("--xla", action="store_true", help="jit_compile both sides' steps with XLA")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                         help="augmentation on both sides (default: on, as tools/train.py)")
     parser.add_argument("--repeats", type=int, default=3, help="ours / bare pairs per size (default: 3)")
@@ -156,30 +167,32 @@ def main() -> None:
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the first epoch is excluded)")
 
+    precisions = ["off", "on"] if args.mixed_precision == "both" else [args.mixed_precision]
     rows = []
-    for size in args.size:
+    for size in args.sizes:
         ensure_records(args.records, size)
         batch_size = args.batch_size or (32 if size <= 512 else 8)
-        mixed = args.mixed_precision == "on"
-        ours, bare = [], []
-        for _ in range(args.repeats):
-            ours.append(run_ours(args, size, batch_size, mixed))
-            bare.append(run_bare(args, size, batch_size, mixed))
-        row = {"backbone": args.backbone, "size_px": size, "batch_size": batch_size, "mixed_precision": mixed}
-        for name, runs in (("ours", ours), ("bare", bare)):
-            for key in ("img_s", "train_phase_img_s", "epoch_s", "train_s", "validation_s", "epoch_end_s",
-                        "between_s"):
-                row[f"{name}_{key}"] = statistics.median(run[key] for run in runs)
-            row[f"{name}_img_s_runs"] = [round(run["img_s"], 2) for run in runs]
-        row["ratio"] = row["ours_img_s"] / row["bare_img_s"]
-        row["train_phase_ratio"] = row["ours_train_phase_img_s"] / row["bare_train_phase_img_s"]
-        rows.append(row)
+        for precision in precisions:
+            ours, bare = [], []
+            for _ in range(args.repeats):
+                ours.append(run_ours(args, size, batch_size, precision))
+                bare.append(run_bare(args, size, batch_size, precision))
+            row = {"backbone": args.backbone, "size_px": size, "batch_size": batch_size,
+                   "dtype_policy": POLICIES[precision], "xla": args.xla}
+            for name, runs in (("ours", ours), ("bare", bare)):
+                for key in ("img_s", "train_phase_img_s", "epoch_s", "train_s", "validation_s", "epoch_end_s",
+                            "between_s"):
+                    row[f"{name}_{key}"] = statistics.median(run[key] for run in runs)
+                row[f"{name}_img_s_runs"] = [round(run["img_s"], 2) for run in runs]
+            row["ratio"] = row["ours_img_s"] / row["bare_img_s"]
+            row["train_phase_ratio"] = row["ours_train_phase_img_s"] / row["bare_train_phase_img_s"]
+            rows.append(row)
     phases = [f"{side}_{phase}_s" for phase in ("train", "validation", "epoch_end") for side in ("ours", "bare")]
     report(args.name, {"records": str(args.records), "epochs": args.epochs, "steady_state": "epochs 2..N",
-                       "augment": args.augment, "gpus": gpus, "repeats": args.repeats, "goal_ratio": GOAL_RATIO,
-                       "meets_goal": all(row["ratio"] >= GOAL_RATIO for row in rows)},
-           rows, ["backbone", "size_px", "batch_size", "ours_img_s", "bare_img_s", "ratio", "train_phase_ratio",
-                  *phases])
+                       "augment": args.augment, "xla": args.xla, "gpus": gpus, "repeats": args.repeats,
+                       "goal_ratio": GOAL_RATIO, "meets_goal": all(row["ratio"] >= GOAL_RATIO for row in rows)},
+           rows, ["backbone", "size_px", "batch_size", "dtype_policy", "ours_img_s", "bare_img_s", "ratio",
+                  "train_phase_ratio", *phases])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ config.json, history.csv, logs/). Without a GPU the backbone defaults to small_c
     python tools/train.py --size 64 --epochs 2
     python tools/train.py --config paper --size 512          # ResNet152, ImageNet weights, L1 on log10, Adam
     python tools/train.py --size 256 --resume                # continue after an interruption
+    python tools/train.py --size 1024 --mixed-precision bfloat16 --xla   # GPU: bfloat16 compute, XLA-compiled steps
+
+Multi-worker: set TF_CONFIG and run the same command on every machine (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -34,11 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: small_cnn without a GPU, resnet152 with one")
     parser.add_argument("--weights", help="imagenet, none, or a .weights.h5 / .keras file (default: none)")
     parser.add_argument("--epochs", type=int, help=f"default: {d.epochs}")
-    parser.add_argument("--batch-size", type=int, help=f"global batch size, split across GPUs (default: {d.batch_size})")
+    parser.add_argument("--batch-size", type=int,
+                        help=f"global batch size, split across GPUs and workers (default: {d.batch_size})")
     parser.add_argument("--lr", type=float, help=f"Adam learning rate (default: {d.lr:g}; paper preset 1e-4)")
     parser.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default: {d.schedule})")
     parser.add_argument("--warmup-epochs", type=float, help="linear warm-up from 0 over this many epochs (default: 0)")
-    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION, help="auto = on when a GPU is visible")
+    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION,
+                        help="on = float16 compute with loss scaling, bfloat16 = bfloat16 compute; float32 "
+                             "variables and outputs either way (default auto: on when a GPU is visible)")
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction,
+                        help="compile the train / eval steps with XLA (default: off)")
     parser.add_argument("--seed", type=int, help=f"default: {d.seed}")
     parser.add_argument("--run-dir", help="run folder (default: work/runs/size{SIZE})")
     parser.add_argument("--resume", action="store_true", default=False,
@@ -78,10 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     except (FileExistsError, FileNotFoundError, ValueError, WeightsDownloadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if not result.chief:
+        print(f"{result.epochs_completed} of {result.config.epochs} epochs done; the chief writes "
+              f"{result.run_dir} and evaluates")
+        return 0
     best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
     print(f"{result.epochs_completed} of {result.config.epochs} epochs done; best val loss {best}; "
           f"best model {result.model_path}")
-    if args.evaluate and result.chief and result.epochs_completed >= result.config.epochs:
+    if args.evaluate and result.epochs_completed >= result.config.epochs:
         from bnp_cxr.evaluation import evaluate_run, report_text
 
         try:

@@ -14,7 +14,11 @@ from bnp_cxr.models import BACKBONES
 DEFAULT_RECORDS = "work/records"
 DEFAULT_RUNS = "work/runs"
 SCHEDULES = ("constant", "cosine")
-MIXED_PRECISION = ("auto", "on", "off")
+MIXED_PRECISION = ("auto", "on", "off", "bfloat16")
+# Keras dtype policies: "on" is float16 compute with dynamic loss scaling (Keras wraps the optimizer in a
+# LossScaleOptimizer); bfloat16 has float32's exponent range, so it needs no loss scaling (Ampere+ GPUs, TPUs,
+# CPUs with AVX512_BF16 / AMX).
+POLICIES = {"on": "mixed_float16", "bfloat16": "mixed_bfloat16", "off": "float32"}
 CPU_BACKBONE, GPU_BACKBONE = "small_cnn", "resnet152"
 CONFIG_FILE = "config.json"
 
@@ -42,7 +46,8 @@ class TrainConfig:
     lr: float = 1e-3
     schedule: str = "cosine"  # steadier final epochs than a constant rate on small data
     warmup_epochs: float = 0.0  # linear warm-up from 0 to lr, then the schedule
-    mixed_precision: str = "auto"  # auto = on when a GPU is visible
+    mixed_precision: str = "auto"  # auto = on (float16) when a GPU is visible; see POLICIES
+    xla: bool = False  # jit_compile the train / eval steps with XLA
     seed: int = 0
     run_dir: str | None = None  # None: work/runs/size{size}
     resume: bool = False
@@ -151,7 +156,16 @@ def resolve(config: TrainConfig, n_gpus: int) -> tuple[TrainConfig, list[str]]:
         notes.append(f"Mixed precision {changes['mixed_precision']} ({'a' if n_gpus else 'no'} GPU visible).")
     elif config.mixed_precision == "on" and not n_gpus:
         notes.append("Mixed precision on without a GPU: float16 is slow on most CPUs.")
+    elif config.mixed_precision == "bfloat16":
+        notes.append("Mixed precision bfloat16: no loss scaling; fast only where the hardware has bfloat16 units.")
     return dataclasses.replace(config, **changes), notes
+
+
+def dtype_policy(config: TrainConfig) -> str:
+    """The Keras dtype policy of a resolved config's mixed_precision."""
+    if config.mixed_precision not in POLICIES:
+        raise ValueError(f"mixed_precision {config.mixed_precision!r} is not resolved; call resolve() first")
+    return POLICIES[config.mixed_precision]
 
 
 def identity_mismatches(saved: TrainConfig, current: TrainConfig) -> list[str]:

@@ -3,6 +3,11 @@
 Run folder layout: model.keras (best by val loss), backup/ (BackupAndRestore: the last completed
 epoch's weights, optimizer state and epoch number, for --resume), config.json (resolved options,
 library versions, data fingerprint, sessions), history.csv (one row per epoch), logs/ (TensorBoard).
+
+Multi-worker (TF_CONFIG; docs/scaling.md): only the chief writes that layout. Every other worker runs
+the same callbacks (a save may read variables through collectives, so all workers save alike) into a
+temporary folder deleted when it stops, and keeps its own BackupAndRestore folder, backup-{worker}/,
+since Keras lets no two callbacks share a backup_dir.
 """
 
 from __future__ import annotations
@@ -15,19 +20,28 @@ import json
 import math
 import os
 import platform
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from bnp_cxr.training.config import CONFIG_FILE, TrainConfig, gpus_visible, identity_mismatches, resolve
+from bnp_cxr.training.cluster import (BACKUP_DIR, agree, backup_name, make_strategy, patch_keras_for_multi_worker,
+                                      settings_digest, strategy_kind, worker_count, worker_role)
+from bnp_cxr.training.config import CONFIG_FILE, TrainConfig, dtype_policy, gpus_visible, identity_mismatches, resolve
 
 SPLITS = ("train", "val", "test")
-MODEL_FILE, HISTORY_FILE, BACKUP_DIR, LOG_DIR = "model.keras", "history.csv", "backup", "logs"
+MODEL_FILE, HISTORY_FILE, LOG_DIR = "model.keras", "history.csv", "logs"
+__all__ = ["BACKUP_DIR", "HISTORY_FILE", "LOG_DIR", "MODEL_FILE", "TrainResult", "completed_epochs", "count_records",
+           "data_fingerprint", "learning_rate", "read_history", "strategy_kind", "tensorboard_available", "train"]
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a run produced: where, how far it got, and the per-epoch history."""
+    """What a run produced: where, how far it got, and the per-epoch history.
+
+    On a non-chief worker run_dir / model_path are the chief's, and history covers this session only.
+    """
 
     run_dir: Path
     model_path: Path
@@ -37,39 +51,6 @@ class TrainResult:
     best_val_loss: float | None
     notes: list[str]
     chief: bool = True  # only the chief of a multi-worker run owns run_dir (and evaluates)
-
-
-def strategy_kind(tf_config: str | None, n_gpus: int) -> str:
-    """'multi_worker' when TF_CONFIG names a cluster of several tasks, 'mirrored' for > 1 GPU, else 'default'."""
-    if tf_config:
-        cluster = json.loads(tf_config).get("cluster", {})
-        if sum(len(tasks) for tasks in cluster.values()) > 1:
-            return "multi_worker"
-    return "mirrored" if n_gpus > 1 else "default"
-
-
-def make_strategy(kind: str):
-    """The tf.distribute strategy of a kind (see strategy_kind)."""
-    import tensorflow as tf
-
-    if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if kind == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if kind == "default":
-        return tf.distribute.get_strategy()
-    raise ValueError(f"unknown strategy kind {kind!r}")
-
-
-def worker_role(strategy) -> tuple[bool, str]:
-    """(is this the chief, a name for this worker); single-machine strategies are always the chief."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
-    if not cluster:
-        return True, "chief"
-    task_type, task_id = resolver.task_type, resolver.task_id
-    chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
-    return chief, f"{task_type}{task_id}"
 
 
 def data_fingerprint(records_dir: str | os.PathLike, size: int) -> dict[str, Any]:
@@ -163,9 +144,9 @@ def _trim_history(path: Path, completed_epochs: int) -> None:
     os.replace(temp, path)
 
 
-def completed_epochs(run_dir: Path) -> int:
-    """Epochs completed so far according to the run's BackupAndRestore metadata (0 for a new run)."""
-    metadata = run_dir / BACKUP_DIR / "training_metadata.json"
+def completed_epochs(run_dir: Path, backup: str = BACKUP_DIR) -> int:
+    """Epochs completed so far according to a BackupAndRestore folder's metadata (0 for a new run)."""
+    metadata = Path(run_dir) / backup / "training_metadata.json"
     return int(json.loads(metadata.read_text())["epoch"]) if metadata.is_file() else 0
 
 
@@ -175,10 +156,19 @@ def _write_json(path: Path, document: dict) -> None:
     os.replace(temp, path)
 
 
-def _check_run_dir(config: TrainConfig, fingerprint: dict) -> dict | None:
-    """The saved config.json of a run being resumed (None for a new run); refuses unsafe reuse."""
+def _check_run_dir(config: TrainConfig, fingerprint: dict, chief: bool, backup: str) -> dict | None:
+    """The saved config.json of a run being resumed (None for a new run); refuses unsafe reuse.
+
+    The chief owns the run folder; another worker only checks its own backup folder (the chief may
+    already be writing the run folder, or it may be on another machine).
+    """
     run_dir = Path(config.run_dir)
     saved_path = run_dir / CONFIG_FILE
+    if not chief:
+        if not config.resume and (run_dir / backup).exists():
+            raise FileExistsError(f"{run_dir / backup} holds this worker's state from an earlier run; pass --resume "
+                                  "to continue that run, or choose another --run-dir")
+        return None
     if not config.resume:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise FileExistsError(f"run folder {run_dir} already exists and is not empty; pass --resume to "
@@ -195,32 +185,55 @@ def _check_run_dir(config: TrainConfig, fingerprint: dict) -> dict | None:
     return saved
 
 
-def _datasets(config: TrainConfig, n_train: int, n_val: int, multi_worker: bool):
+def val_batching(n_val: int, batch_size: int, replicas: int) -> tuple[int, int]:
+    """(val batch size, val images left out each epoch): every replica must get a non-empty batch.
+
+    One replica: batch_size, the last batch partial. Several: a partial batch is split by the
+    per-replica size, leaving some replicas an empty batch, which Keras cannot run (BatchNorm shape
+    error). So the val batch is the largest multiple of `replicas` <= batch_size whose remainder is the
+    unavoidable n_val mod replicas, and that remainder (< replicas images) is left out.
+    """
+    if replicas == 1:
+        return batch_size, 0
+    candidates = range(replicas * max(1, batch_size // replicas), 0, -replicas)
+    batch = next(size for size in candidates if n_val % size == n_val % replicas)
+    return batch, n_val % replicas
+
+
+def _datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_workers: int):
     import tensorflow as tf
 
     from bnp_cxr.records.reader import AugmentConfig, make_dataset
 
+    n_train, n_val = fingerprint["images"]["train"], fingerprint["images"]["val"]
     # Full batches only (when there are enough images): BatchNorm on a 1-image remainder is noise.
     drop = n_train >= config.batch_size
     train = make_dataset(config.records_dir, "train", config.size, batch_size=config.batch_size, training=True,
                          augment=AugmentConfig() if config.augment else None, shuffle_buffer=config.shuffle_buffer,
                          cache=config.cache, seed=config.seed, drop_remainder=drop)
+    val_batch, left_out = val_batching(n_val, config.batch_size, replicas)
     try:
-        val = make_dataset(config.records_dir, "val", config.size, batch_size=config.batch_size, cache=config.cache,
-                           deterministic=True)
+        val = make_dataset(config.records_dir, "val", config.size, batch_size=val_batch, cache=config.cache,
+                           deterministic=True, drop_remainder=left_out > 0)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{error}; training needs a val split to pick the best epoch") from None
-    if multi_worker:  # shard by element: there may be fewer shard files than workers
+    # A known length: Keras then reads the val set whole each epoch without probing past its end.
+    val = val.apply(tf.data.experimental.assert_cardinality(n_val // val_batch if left_out else
+                                                            math.ceil(n_val / val_batch)))
+    if n_workers > 1:
+        # Batches are global: the strategy splits each into per-replica batches (tf.distribute input docs).
+        # Sharding by DATA: every worker reads every record and keeps its share of each batch. FILE sharding
+        # (each worker reads only its files) is refused by tf.data here: the augmentation's seed stream is a
+        # source that is not a file, and a split with fewer shard files than workers cannot be split by file.
+        # A deterministic order makes the workers' shares an exact partition of each epoch.
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        options.deterministic = True
         train, val = train.with_options(options), val.with_options(options)
-    else:
-        # A known length: Keras then reads the val set whole each epoch without probing past its end.
-        val = val.apply(tf.data.experimental.assert_cardinality(math.ceil(n_val / config.batch_size)))
     steps = n_train // config.batch_size if drop else 1
     # Repeated with explicit steps: Keras then never probes past the end of an epoch of unknown length
     # (which costs an optimizer step count per epoch) and every worker runs the same number of steps.
-    return train.repeat(), val, steps
+    return train.repeat(), val, steps, left_out
 
 
 def tensorboard_available() -> bool:
@@ -228,18 +241,18 @@ def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def _callbacks(out_dir: Path, best_so_far: float | None, extra: Sequence) -> list:
+def _callbacks(out_dir: Path, backup_dir: Path, best_so_far: float | None, extra: Sequence, *,
+               tensorboard: bool = True) -> list:
     import keras
 
-    tensorboard = [keras.callbacks.TensorBoard(log_dir=str(out_dir / LOG_DIR))] if tensorboard_available() else []
+    logs = [keras.callbacks.TensorBoard(log_dir=str(out_dir / LOG_DIR))] if tensorboard else []
     return [
         keras.callbacks.CSVLogger(str(out_dir / HISTORY_FILE), append=True),
-        *tensorboard,
+        *logs,
         keras.callbacks.ModelCheckpoint(str(out_dir / MODEL_FILE), monitor="val_loss", mode="min",
                                         save_best_only=True, initial_value_threshold=best_so_far),
         # Last of ours: an epoch counts as completed only once its CSV row and best model are written.
-        keras.callbacks.BackupAndRestore(str(out_dir / BACKUP_DIR), double_checkpoint=True,
-                                         delete_checkpoint=False),
+        keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True, delete_checkpoint=False),
         *extra,
     ]
 
@@ -255,45 +268,72 @@ def train(config: TrainConfig, *, callbacks: Sequence = (), verbose: int | str =
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow work.
     n_gpus = gpus_visible()
     kind = strategy_kind(os.environ.get("TF_CONFIG"), n_gpus)
-    strategy = make_strategy(kind)
+    strategy = make_strategy(kind, n_gpus)
     config, notes = resolve(config, n_gpus)
     chief, worker = worker_role(strategy)
-    run_dir = Path(config.run_dir)
-    fingerprint = data_fingerprint(config.records_dir, config.size)
-    n_train = fingerprint["images"]["train"]
-    if n_train == 0:
-        raise FileNotFoundError(f"no train records at {config.size} px in {config.records_dir}")
-    saved = _check_run_dir(config, fingerprint)
-    if config.resume and saved is None:
+    n_workers = worker_count(strategy)
+    run_dir, backup = Path(config.run_dir), backup_name(chief, worker)
+    saved, failure, fingerprint, best = None, None, {}, None
+    try:
+        fingerprint = data_fingerprint(config.records_dir, config.size)
+        if fingerprint["images"]["train"] == 0:
+            raise FileNotFoundError(f"no train records at {config.size} px in {config.records_dir}")
+        replicas = strategy.num_replicas_in_sync
+        if replicas > 1 and (config.batch_size % replicas or fingerprint["images"]["train"] < config.batch_size
+                             or fingerprint["images"]["val"] < replicas):
+            raise ValueError(f"batch_size {config.batch_size} is global (split across {replicas} replicas): it must "
+                             "be a multiple of the replicas and at most the number of train images, and the val "
+                             "split needs an image per replica")
+        saved = _check_run_dir(config, fingerprint, chief, backup)
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        failure = error
+    done = completed_epochs(run_dir, backup)
+    if chief and failure is None:
+        _trim_history(run_dir / HISTORY_FILE, done)
+        best = min((row["val_loss"] for row in read_history(run_dir / HISTORY_FILE)
+                    if math.isfinite(row.get("val_loss", math.nan))), default=None)
+    if n_workers > 1:
+        best = agree(strategy, chief=chief, failure=failure, done=done, best=best,
+                     digest=settings_digest(config, fingerprint) if failure is None else 0)
+    elif failure is not None:
+        raise failure
+    if config.resume and saved is None and chief:
         notes.append(f"Nothing to resume in {run_dir}: starting a new run.")
-    # Non-chief workers still run every callback (saving involves collectives) but write elsewhere.
-    out_dir = run_dir if chief else run_dir / "workers" / worker
-    out_dir.mkdir(parents=True, exist_ok=True)
-    done = completed_epochs(out_dir)
-    _trim_history(out_dir / HISTORY_FILE, done)
-    history = read_history(out_dir / HISTORY_FILE)
-    best = min((row["val_loss"] for row in history if math.isfinite(row.get("val_loss", math.nan))), default=None)
-    notes.append(f"Strategy {kind} ({strategy.num_replicas_in_sync} replica(s)), global batch {config.batch_size}; "
-                 f"{n_train} train images at {config.size} px; epochs {done}..{config.epochs - 1} to run.")
-    if not tensorboard_available():
+    n_train = fingerprint["images"]["train"]
+    notes.append(f"Strategy {kind} ({strategy.num_replicas_in_sync} replica(s) on {n_workers} worker(s)), global "
+                 f"batch {config.batch_size}; {n_train} train images at {config.size} px; epochs "
+                 f"{done}..{config.epochs - 1} to run; {dtype_policy(config)}, XLA {'on' if config.xla else 'off'}.")
+    if chief and not tensorboard_available():
         notes.append("TensorBoard is not installed (pip install tensorboard): no logs/ for this run.")
     for note in notes:
-        log(note)
+        log(note if chief else f"[{worker}] {note}")
 
+    # Another worker's model, history and logs only mirror the chief's: a folder of its own, deleted at the end.
+    out_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix=f"bnp-cxr-{worker}-"))
     keras.utils.set_random_seed(config.seed)
     previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision == "on" else "float32")
+    keras.mixed_precision.set_global_policy(dtype_policy(config))
     try:
-        train_data, val_data, steps = _datasets(config, n_train, fingerprint["images"]["val"],
-                                                kind == "multi_worker")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        train_data, val_data, steps, left_out = _datasets(config, fingerprint, strategy.num_replicas_in_sync,
+                                                          n_workers)
+        if left_out and chief:
+            log(f"Validation leaves out the last {left_out} val image(s) each epoch: every one of the "
+                f"{strategy.num_replicas_in_sync} replicas needs a non-empty batch (the test evaluation uses all).")
         with strategy.scope():
             model = build_model(config.backbone, config.size, weights=config.weights, dropout=config.dropout)
+            # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer; outputs stay float32.
             model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, steps)),
-                          loss=MaskedL1(config.loss_weights), metrics=default_metrics())
+                          loss=MaskedL1(config.loss_weights), metrics=default_metrics(), jit_compile=config.xla)
+        if kind == "multi_worker":
+            patch_keras_for_multi_worker(model, train_data.element_spec)
         if chief:
             # Top level: the options and the latest session's environment; each session keeps its own.
             environment = {"versions": library_versions(),
-                           "hardware": {"gpus": n_gpus, "strategy": kind, "replicas": strategy.num_replicas_in_sync}}
+                           "hardware": {"gpus": n_gpus, "strategy": kind, "replicas": strategy.num_replicas_in_sync,
+                                        "workers": n_workers},
+                           "compute": {"dtype_policy": dtype_policy(config), "jit_compile": bool(model.jit_compile),
+                                       "optimizer": type(model.optimizer).__name__}}
             sessions = (saved or {}).get("sessions", [])
             sessions.append({"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                              "resumed": config.resume, "initial_epoch": done, "epochs": config.epochs,
@@ -303,13 +343,17 @@ def train(config: TrainConfig, *, callbacks: Sequence = (), verbose: int | str =
                                                 "steps_per_epoch": steps, "sessions": sessions})
         if done < config.epochs:
             model.fit(train_data, validation_data=val_data, epochs=config.epochs, steps_per_epoch=steps,
-                      shuffle=False, callbacks=_callbacks(out_dir, best, callbacks), verbose=verbose)
+                      shuffle=False, verbose=verbose,
+                      callbacks=_callbacks(out_dir, run_dir / backup, best, callbacks,
+                                           tensorboard=chief and tensorboard_available()))
         else:
             log(f"{run_dir} already completed {done} of {config.epochs} epochs: nothing to train.")
+        history = read_history(out_dir / HISTORY_FILE)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    history = read_history(out_dir / HISTORY_FILE)
+        if not chief:
+            shutil.rmtree(out_dir, ignore_errors=True)
     losses = [row["val_loss"] for row in history if math.isfinite(row.get("val_loss", math.nan))]
     return TrainResult(run_dir=run_dir, model_path=run_dir / MODEL_FILE, config=config,
-                       epochs_completed=completed_epochs(out_dir), history=history,
+                       epochs_completed=completed_epochs(run_dir, backup), history=history,
                        best_val_loss=min(losses) if losses else None, notes=notes, chief=chief)
