@@ -5,6 +5,11 @@ With no arguments: generates the phantom cohort into work/cohort (if absent) and
 
     python tools/make_tfrecords.py
     python tools/make_tfrecords.py --manifest archive/manifest.csv --labs archive/labs.csv --sizes paper
+    python tools/make_tfrecords.py --runner beam --direct_num_workers 2 --direct_running_mode multi_processing
+    python tools/make_tfrecords.py --manifest /mnt/archive/manifest.csv --out gs://bucket/records \
+        --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp --setup_file ./setup.py
+
+With a Beam runner, flags this tool does not know are Beam pipeline options (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", type=Path, help="manifest CSV (default: the phantom cohort, generated if absent)")
     parser.add_argument("--labs", type=Path, help="labs table CSV (patient_id, lab_datetime, test, value)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT),
+                        help="output folder; a gs:// or hdfs:// URL with a Beam runner (default: %(default)s)")
     parser.add_argument("--sizes", nargs="+", default=["64", "128", "256"],
                         help="square sizes in px, 64..1024, or 'paper' (64 128 256 512 1024); default: 64 128 256")
     parser.add_argument("--shard-size", type=int, default=128, help="radiographs per shard (default: %(default)s)")
@@ -57,16 +63,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cohort", type=Path, default=DEFAULT_COHORT,
                         help="where the phantom cohort lives when no --manifest is given (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--runner", default="local",
+                        help="local (decode process pool; default), beam (Apache Beam's DirectRunner) or any Beam "
+                             "runner name (DataflowRunner, FlinkRunner, SparkRunner, PrismRunner, FnApiRunner, ...); "
+                             "with Beam, unknown flags pass through as pipeline options")
     return parser
 
 
+def beam_args(runner: str, extra: list[str]) -> list[str]:
+    """Beam pipeline flags for a --runner value other than 'local' plus the flags argparse did not know."""
+    return [*extra, "--runner", "DirectRunner" if runner == "beam" else runner]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.runner == "local":
+        parser.error(f"unrecognized arguments: {' '.join(extra)} (Beam pipeline options need --runner beam)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from bnp_cxr.labs import PositivityThresholds
     from bnp_cxr.manifest import ManifestConfig, ManifestError, load_manifest
     from bnp_cxr.records.writer import IngestConfig, write_records
 
+    if args.runner != "local":  # a bad Beam option fails now, not after the cohort and manifest work
+        from bnp_cxr.records.beam import pipeline_options
+
+        try:
+            pipeline_options(beam_args(args.runner, extra))
+        except (ValueError, ModuleNotFoundError) as error:
+            parser.error(str(error))
     manifest_path, labs_path = args.manifest, args.labs
     if manifest_path is None:
         from bnp_cxr.phantom import generate_cohort
@@ -82,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         manifest = load_manifest(manifest_path, labs_path, ManifestConfig(
             thresholds=PositivityThresholds(bnpp_pg_ml=args.bnpp_threshold, bnp_pg_ml=args.bnp_threshold),
             pairing_window_hours=args.window_hours, allow_lateral=args.allow_lateral))
-        summary = write_records(manifest, args.out, ingest)
+        if args.runner == "local":
+            summary = write_records(manifest, args.out, ingest)
+        else:
+            from bnp_cxr.records.beam import write_records_beam
+
+            summary = write_records_beam(manifest, args.out, ingest, beam_args(args.runner, extra))
     except (ManifestError, FileExistsError, FileNotFoundError, ValueError, argparse.ArgumentTypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
