@@ -118,7 +118,8 @@ def check_final_shards(out_dir: Path) -> tuple[int, int]:
         if marker is None:
             unmarked += 1
         else:
-            assert count == len(marker["written"]), f"{path.name}: {count} records, marker says {len(marker['written'])}"
+            expected = len(marker["written"])
+            assert count == expected, f"{path.name}: {count} records, its marker says {expected}"
     return shards, unmarked
 
 
@@ -336,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     from common import report
 
     salt = "bench-kill-resume-salt"
-    env = {**os.environ, "BNP_CXR_SALT": salt, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    os.environ["BNP_CXR_SALT"] = salt  # the in-process heart archive too, not only the tools
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
         records = _records_benchmark(args, work, salt, env)

@@ -130,7 +130,8 @@ def write_named_archive(root: Path, seed: int = 0) -> NamedArchive:
     labs = ["patient_id,lab_datetime,test,value"]
     start = datetime(2021, 5, 3, 8, 30)
     for index, ((name, charset), split) in enumerate(zip(NAMES, SPLIT_OF)):
-        person = Person(name, charset, mrn=f"MRN{40_417_000 + 7_919 * index:09d}", other_id=f"ALT{9_310_553 + index:08d}X",
+        person = Person(name, charset, mrn=f"MRN{40_417_000 + 7_919 * index:09d}",
+                        other_id=f"ALT{9_310_553 + index:08d}X",
                         accessions=tuple(f"ACN{seed:02d}{index:03d}{visit}77Q" for visit in range(IMAGES_PER_PATIENT)),
                         split=split)
         people.append(person)
