@@ -133,21 +133,20 @@ def failure_report(results) -> str:
                      for index, result in enumerate(results))
 
 
-@pytest.fixture(scope="module")
-def cluster_run(records, tmp_path_factory):
-    run_dir, temp = tmp_path_factory.mktemp("cluster") / "run", tmp_path_factory.mktemp("worker_tmp")
-    results = run_workers(records, run_dir, temp)
-    assert [result.returncode for result in results] == [0, 0], failure_report(results)
-    return run_dir, temp, results
-
-
 @pytest.mark.slow
-def test_chief_writes_the_run_once_and_workers_leave_no_model(cluster_run):
-    run_dir, temp, (chief, worker) = cluster_run
+def test_two_workers_train_once_and_the_chief_saves_the_run(records, tmp_path):
+    from bnp_cxr.models import load_model
+    from bnp_cxr.records.reader import make_dataset
+
+    # One test, not several sharing a module fixture: pytest-xdist would start the cluster once per process.
+    run_dir, temp = tmp_path / "run", tmp_path / "tmp"
+    temp.mkdir()
+    chief, worker = results = run_workers(records, run_dir, temp)
+    assert [result.returncode for result in results] == [0, 0], failure_report(results)
+
     assert [path.relative_to(run_dir) for path in run_dir.rglob("*.keras")] == [Path(MODEL_FILE)]
     assert list(temp.iterdir()) == []  # worker1's model / history folder was removed
-    # Each worker resumes from its own BackupAndRestore folder.
-    for backup in ("backup", "backup-worker1"):
+    for backup in ("backup", "backup-worker1"):  # each worker resumes from its own
         assert json.loads((run_dir / backup / "training_metadata.json").read_text())["epoch"] == 1
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["hardware"]["strategy"] == "multi_worker"
@@ -155,43 +154,29 @@ def test_chief_writes_the_run_once_and_workers_leave_no_model(cluster_run):
     assert saved["sessions"][0]["hardware"]["workers"] == 2
     assert "1 of 1 epochs done; best val loss" in chief.stdout
     assert "the chief writes" in worker.stdout and "[worker1]" in worker.stdout
+    assert "leaves out the last 1 val image" in chief.stdout
     # Only the chief evaluates the best model on the test split.
     assert json.loads((run_dir / "metrics.json").read_text())["split"] == "test"
     assert "test split" in chief.stdout and "test split" not in worker.stdout
-    assert "leaves out the last 1 val image" in chief.stdout
 
-
-@pytest.fixture(scope="module")
-def saved_model_scores(cluster_run, records):
-    """The saved model's scores on the 8 validated val images, in one process without a strategy."""
-    from bnp_cxr.models import load_model
-    from bnp_cxr.records.reader import make_dataset
-
-    model = load_model(cluster_run[0] / MODEL_FILE, compile=True)
-    val = make_dataset(records, "val", 64, batch_size=4, deterministic=True).unbatch().take(8).batch(4)
-    return model, model.evaluate(val, verbose=0, return_dict=True)
-
-
-@pytest.mark.slow
-def test_saved_model_loads_and_matches_the_sharded_validation(cluster_run, saved_model_scores):
-    model, scores = saved_model_scores
+    model = load_model(run_dir / MODEL_FILE, compile=True)
     prediction = model.predict(np.random.default_rng(0).random((3, 64, 64, 1), "float32"), verbose=0)
     assert prediction.shape == (3, 2) and np.isfinite(prediction).all()
-    history = read_history(cluster_run[0] / HISTORY_FILE)
+    history = read_history(run_dir / HISTORY_FILE)
     assert [row["epoch"] for row in history] == [0]
     assert all(math.isfinite(value) for value in history[0].values())
-    # Each worker validated its half of every batch; the metrics sum over both. Keras 3 keeps BatchNorm's
-    # moving statistics per replica (not all-reduced), and the chief saved its own: close, not equal.
+    # The sharded validation against the saved model on the 8 validated images in one process. Each worker
+    # validated half of every batch and the metrics sum over both; Keras 3 keeps BatchNorm's moving
+    # statistics per replica (not all-reduced) and the chief saved its own: close, not equal.
+    val = make_dataset(records, "val", 64, batch_size=4, deterministic=True).unbatch().take(8).batch(4)
+    scores = model.evaluate(val, verbose=0, return_dict=True)
     for name in ("mae_log10_bnp", "mae_log10_bnpp"):
         assert history[0][f"val_{name}"] == pytest.approx(scores[name], rel=0.05), name
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="MaskedL1 uses reduction='sum', which skips Keras's "
-                   "scale_loss_for_distribution: under N replicas the logged loss is N x the mean (losses.py)")
-def test_sharded_val_loss_is_the_mean_loss(cluster_run, saved_model_scores):
-    history = read_history(cluster_run[0] / HISTORY_FILE)
-    assert history[0]["val_loss"] == pytest.approx(saved_model_scores[1]["loss"], rel=0.05)
+    ratio = history[0]["val_loss"] / scores["loss"]
+    if ratio != pytest.approx(1.0, rel=0.05):
+        assert ratio == pytest.approx(2.0, rel=0.05), ratio
+        pytest.xfail("MaskedL1 uses reduction='sum', which skips Keras's scale_loss_for_distribution: under N "
+                     "replicas the logged loss is N x the mean (bnp_cxr/training/losses.py)")
 
 
 @pytest.mark.slow
@@ -222,8 +207,7 @@ class Capture(keras.callbacks.Callback):
 
 
 @pytest.mark.parametrize("mixed_precision, xla, policy, optimizer", [
-    ("off", False, "float32", "Adam"),
-    ("off", True, "float32", "Adam"),
+    ("off", True, "float32", "Adam"),  # float32 without XLA: tests/test_training.py
     ("bfloat16", False, "mixed_bfloat16", "Adam"),  # bfloat16 keeps float32's range: no loss scaling
     ("on", False, "mixed_float16", "LossScaleOptimizer"),
 ])
