@@ -264,6 +264,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_trains_on_a_folder_end_to_end(tmp_path):
     images, masks = ellipse_lungs(12, 16)
     folder = write_folder(tmp_path / "set", images, masks)
@@ -278,6 +279,7 @@ def test_cli_trains_on_a_folder_end_to_end(tmp_path):
     assert out.is_file() and json.loads(lungs.sidecar_path(out).read_text())["data"] == "set"
 
 
+@pytest.mark.slow
 def test_cli_defaults_to_the_phantom_cohort(phantom_cohort, tmp_path):
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "cohort").symlink_to(phantom_cohort, target_is_directory=True)
@@ -294,6 +296,7 @@ def test_cli_without_a_cohort_says_how_to_make_one(tmp_path):
     assert result.returncode == 2 and "tools/make_phantom.py" in result.stderr
 
 
+@pytest.mark.slow
 def test_real_shenzhen_lungs_beat_the_mean_mask():
     if not (SHENZHEN / "index.csv").is_file():
         pytest.skip(f"real lung data absent: {SHENZHEN} (the shared test data sit beside the repository)")
