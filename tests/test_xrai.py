@@ -94,9 +94,10 @@ def test_segments_identical_to_library(kind, shape):
         assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs)
 
 
-@pytest.mark.parametrize("shape", [(64, 64), (300, 200), (224, 224), (150, 500), (512, 512)])
-def test_normalization_bit_identical(shape):
-    image = make_image("radiograph", shape)
+@pytest.mark.parametrize("shape, dtype", [((64, 64), np.float32), ((300, 200), np.float32), ((224, 224), np.float32),
+                                          ((150, 500), np.float64), ((512, 512), np.float32)])
+def test_normalization_bit_identical(shape, dtype):
+    image = make_image("radiograph", shape).astype(dtype)
     expected = saliency_xrai._normalize_image(image, saliency_xrai._FELZENSZWALB_IM_VALUE_RANGE,
                                               saliency_xrai._FELZENSZWALB_IM_RESIZE)
     normalized = _normalize_for_segmentation(image)

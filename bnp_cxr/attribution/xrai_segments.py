@@ -89,7 +89,7 @@ def _nearest_source_index(source_shape: tuple[int, int], target_shape: tuple[int
 
 
 def _resize_one_channel(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """skimage `resize(image [H, W, 1], shape, order=3, mode='constant', preserve_range=True, anti_aliasing=True)`, same bits.
+    """The library's skimage `resize(image [H, W, 1], shape, order=3, anti_aliasing=True, ...)`, bit for bit.
 
     skimage hands the [H, W, 1] array to `scipy.ndimage.zoom`, which pads every axis by 12 for its
     'grid-constant' spline prefilter, so the channel axis becomes 25 planes and the three filter passes
@@ -118,13 +118,12 @@ def _resize_one_channel(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray
 
 def _normalize_for_segmentation(image: np.ndarray) -> np.ndarray:
     """saliency's `_normalize_image(image, [-1, 1], (224, 224))`, bit for bit, faster for one channel."""
-    value_range, shape = saliency_xrai._FELZENSZWALB_IM_VALUE_RANGE, saliency_xrai._FELZENSZWALB_IM_RESIZE
-    prepadded = ndi_interpolation._prepad_for_spline_filter(np.zeros((1,)), skimage_warps._to_ndimage_mode("constant"),
-                                                             0.0)[1]
-    if (image.ndim != 3 or image.shape[2] != 1 or image.dtype != np.float32 or tuple(image.shape[:2]) == tuple(shape)
-            or not prepadded):
+    value_range, shape = saliency_xrai._FELZENSZWALB_IM_VALUE_RANGE, tuple(saliency_xrai._FELZENSZWALB_IM_RESIZE)
+    normalized = saliency_xrai._normalize_image(image, value_range)  # the library resizes right after this
+    if (normalized.ndim != 3 or normalized.shape[2] != 1 or normalized.dtype not in (np.float32, np.float64)
+            or normalized.shape[:2] == shape):
         return saliency_xrai._normalize_image(image, value_range, shape)
-    return _resize_one_channel(saliency_xrai._normalize_image(image, value_range), tuple(shape))
+    return _resize_one_channel(normalized, shape)
 
 
 def felzenszwalb_label_maps(image: np.ndarray) -> list[np.ndarray]:
@@ -145,8 +144,9 @@ def felzenszwalb_label_maps(image: np.ndarray) -> list[np.ndarray]:
     return maps
 
 
-def segments_from_label_maps(label_maps: Sequence[np.ndarray], dilation_radius_px: int = DILATION_RADIUS_PX) -> Segments:
-    """One dilated segment per label value in [min, max] of each map, in the library's order (absent labels: empty)."""
+def segments_from_label_maps(label_maps: Sequence[np.ndarray],
+                             dilation_radius_px: int = DILATION_RADIUS_PX) -> Segments:
+    """A dilated segment per label in [min, max] of each map, in the library's order (absent labels: empty)."""
     shape = label_maps[0].shape
     footprint = disk(dilation_radius_px).astype(np.uint8)
     pad = dilation_radius_px
@@ -200,7 +200,8 @@ def xrai_segments(image: np.ndarray) -> list[np.ndarray]:
     return compute_segments(image).masks()
 
 
-def _exact_gain(attr: np.ndarray, covered: np.ndarray, box: np.ndarray, crop: np.ndarray) -> tuple[np.floating, np.ndarray]:
+def _exact_gain(attr: np.ndarray, covered: np.ndarray, box: np.ndarray,
+                crop: np.ndarray) -> tuple[np.floating, np.ndarray]:
     """The library's `_gain_density(mask, attr, covered)` and the new pixels (crop-shaped) it averages.
 
     `attr[box][new]` lists the same pixels in the same row-major order as the library's full-size
