@@ -205,6 +205,9 @@ def build_pipeline(pipeline, rows_path: str, groups: list[ShardGroup], out_dir: 
 
     prepared = (pipeline
                 | "ReadRows" >> beam.io.ReadFromText(rows_path)
+                # A small file is one split: without a shuffle the runner fuses reading and decoding
+                # and a single worker would decode every row.
+                | "Spread" >> beam.Reshuffle()
                 | "Prepare" >> beam.FlatMap(_prepare, tuple(config.sizes), config.allow_lateral, config.prepare,
                                             manifest_name).with_outputs(OUTCOME, main="examples"))
     # Every planned shard is a key, so a group whose rows were all rejected still gets its (empty) shards.
