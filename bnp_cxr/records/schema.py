@@ -109,7 +109,7 @@ def serialize_example(row, record: RecordImage, source_shape: tuple[int, int],
     if record.component_mask is not None:
         features["component_mask"] = _bytes(np.ascontiguousarray(record.component_mask, dtype=np.uint8).tobytes())
     example = tf.train.Example(features=tf.train.Features(feature=features))
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)
 
 
 def parse_example(serialized):
