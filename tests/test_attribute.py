@@ -47,7 +47,7 @@ def cohort(tmp_path_factory):
 
 def attribute(cohort: Path, out: Path, *extra: str) -> int:
     return load_tool("attribute").main(["--runs", str(cohort / "runs"), "--out", str(out), "--n", str(N_IMAGES),
-                                        "--split", "train", "--n-boot", "200", "--no-progress", *extra])
+                                        "--split", "train", "--n-boot", "1000", "--no-progress", *extra])
 
 
 def test_attribute_writes_maps_tables_and_panels(cohort, tmp_path, capsys):
@@ -94,7 +94,8 @@ def test_sharded_attribution_merges_to_the_single_run_tables(cohort, tmp_path):
     assert not (sharded / "in_lung.csv").exists()
     assert attribute(cohort, sharded, "--merge") == 0
     for name in ("in_lung_per_image.csv", "in_lung.csv"):
-        assert (sharded / name).read_bytes() == (single / name).read_bytes(), name
+        # Same rows, order and columns; floats agree to float32 round-off (a shard batches fewer images).
+        pd.testing.assert_frame_equal(pd.read_csv(sharded / name), pd.read_csv(single / name), rtol=1e-5)
 
 
 def test_merge_refuses_missing_shards(cohort, tmp_path, capsys):

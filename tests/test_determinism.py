@@ -106,8 +106,6 @@ def test_same_seed_gives_the_same_examples_in_any_process(cohorts, records):
     assert rejects[0].count("\n") > 1 and rejects[0] == rejects[1]
 
 
-@pytest.mark.xfail(strict=True, reason="records.schema.serialize_example: Example.SerializeToString() writes the "
-                                       "features map in a per-process hash order; needs deterministic=True")
 def test_same_seed_gives_byte_identical_shards_in_any_process(records):
     first, second = file_bytes(records["a"]), file_bytes(records["b"])
     shards = sorted(name for name in first if name.endswith(".tfrecord"))

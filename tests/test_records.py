@@ -92,8 +92,9 @@ def archive(tmp_path_factory):
     lines.append("PATX,img/corrupt.png,2020-02-01,,500,PA,")           # undecodable image
     wrong_mask = np.zeros((10, 10), np.uint8)
     cv2.imwrite(str(root / "img" / "small_mask.png"), wrong_mask)
-    lines.append("PATY,img/im0.png,2020-02-02,,500,PA,img/small_mask.png")  # duplicate image_path
-    lines.append("PATZ,img/im1.png,2020-02-02,,500,PA,img/missing.png")   # duplicate first
+    # Exact repeats are duplicate_row (the same image under another patient is conflicting_patient).
+    lines.append(lines[1])
+    lines.append(lines[2])
     image, _ = synthetic_chest(140, 120, 99)
     cv2.imwrite(str(root / "img" / "mism.png"), image)
     lines.append("PATW,img/mism.png,2020-02-03,,500,PA,img/small_mask.png")  # mask shape mismatch

@@ -47,6 +47,8 @@ class AttributionConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
+        if self.n_images < 1:
+            raise ValueError(f"the sample needs n >= 1 images, got {self.n_images}")
         if not 0.0 < self.top_fraction < 1.0:
             raise ValueError(f"top_fraction must be in (0, 1), got {self.top_fraction}")
 
