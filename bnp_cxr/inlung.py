@@ -203,34 +203,33 @@ def aggregate_in_lung(frame: pd.DataFrame, *, metrics: Sequence[str] | None = No
     return pd.DataFrame(rows)
 
 
-def format_ci(row: Mapping, name: str, digits: int = 2) -> str:
-    """'0.62 [0.55, 0.70]' from a row of aggregate_in_lung; 'n/a' when undefined."""
-    estimate, low, high = (row.get(key) for key in (name, f"{name}_lo", f"{name}_hi"))
-    if estimate is None or not np.isfinite(estimate):
-        return "n/a"
-    ci = "n/a" if low is None or not np.isfinite(low) else f"{low:.{digits}f}, {high:.{digits}f}"
-    return f"{estimate:.{digits}f} [{ci}]"
-
-
-def study_columns(aggregate: pd.DataFrame, *, metrics: Sequence[str] = ("mass_in_lung_fraction",),
-                  digits: int = 2) -> dict[int, dict[str, str]]:
-    """Extra columns for bnp_cxr.study's report (`extra=`): {size: {column: '0.62 [0.55, 0.70]'}}.
+def study_columns(aggregate: pd.DataFrame, *,
+                  metrics: Sequence[str] = ("mass_in_lung_fraction",)) -> dict[int, dict[str, dict]]:
+    """Extra columns for bnp_cxr.study's report (`extra=`): {size: {column: {estimate, ci_low, ci_high}}}.
 
     One column per method and metric, then the chance level (lung area fraction), read from the first
     method's row at that size: every method is scored on the same images, so they share it.
     """
     short = {"mass_in_lung_fraction": "in-lung mass", "top_in_lung_fraction": "in-lung top pixels"}
-    columns: dict[int, dict[str, str]] = {}
+    columns: dict[int, dict[str, dict]] = {}
     for method in _method_order(aggregate["method"].unique()):
         for _, row in aggregate[aggregate["method"] == method].iterrows():
             cells = columns.setdefault(int(row["size"]), {})
             for name in metrics:
-                cells[f"{short.get(name, name)} {METHOD_LABELS.get(method, method)} [95% CI]"] = format_ci(
-                    row, name, digits)
+                cells[f"{short.get(name, name)}, {METHOD_LABELS.get(method, method)}"] = ci_entry(row, name)
     for size, cells in columns.items():
         first = aggregate[aggregate["size"] == size].iloc[0]
-        cells["lung area fraction (chance) [95% CI]"] = format_ci(first, CHANCE_METRIC, digits)
+        cells["lung area fraction (chance)"] = ci_entry(first, CHANCE_METRIC)
     return columns
+
+
+def ci_entry(row: Mapping, name: str) -> dict:
+    """A study metric entry {estimate, ci_low, ci_high} from a row of aggregate_in_lung (None: undefined)."""
+    def number(key: str) -> float | None:
+        value = row.get(key)
+        return float(value) if value is not None and np.isfinite(value) else None
+
+    return {"estimate": number(name), "ci_low": number(f"{name}_lo"), "ci_high": number(f"{name}_hi")}
 
 
 def plot_in_lung_trend(aggregate: pd.DataFrame, path: str | Path, *, metric: str = "mass_in_lung_fraction",

@@ -153,7 +153,8 @@ def resolve_relative_path(root: Path, text: str, column: str, allow_outside_root
     if not text.strip():
         raise _RowRejected(column, "missing_path", f"{column} is empty")
     normalised, outside = normalise_path(root, text)
-    how = "symlink the archive into the folder or allow paths outside it (ManifestConfig.allow_outside_root)"
+    how = ("symlink the archive into the folder or allow paths outside it (--allow-outside-root, "
+           "ManifestConfig.allow_outside_root)")
     if outside == "absolute" and not allow_outside_root:
         raise _RowRejected(column, "absolute_path", f"{column} {text!r} is an absolute path outside the manifest "
                                                     f"folder; {how}")
@@ -161,7 +162,8 @@ def resolve_relative_path(root: Path, text: str, column: str, allow_outside_root
         raise _RowRejected(column, "path_outside_root", f"{column} {text!r} escapes the manifest folder; {how}")
     absolute = root / normalised  # an absolute `normalised` replaces root
     if not absolute.is_file():
-        raise _RowRejected(column, "file_not_found", f"{column} {text!r}: no such file under {root}")
+        raise _RowRejected(column, "file_not_found", f"{column} {text!r}: no such file (paths are relative to the "
+                                                     f"manifest's folder)")
     return normalised, str(absolute)
 
 

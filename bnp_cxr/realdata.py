@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from bnp_cxr.files import atomic_path
+
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("patient_id", "image_path", "study_datetime", "bnp", "bnpp", "lung_mask_path")
 SHENZHEN_INDEX = "index.csv"
@@ -47,12 +49,10 @@ def write_manifest(rows: Iterable[Mapping[str, str]], path: str | os.PathLike,
                    columns: tuple[str, ...] = MANIFEST_COLUMNS) -> Path:
     """Write manifest rows (dicts keyed by `columns`; missing keys -> empty cells) as UTF-8 CSV; returns the path."""
     path = Path(path)
-    temp = path.with_name(path.name + ".tmp")
-    with open(temp, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as temp, open(temp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), restval="", extrasaction="raise")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(temp, path)
     return path
 
 

@@ -1,7 +1,6 @@
 """tools/attribute.py and tools/predict.py end to end on a small phantom cohort with tiny models."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

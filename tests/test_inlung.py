@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bnp_cxr import study
-from bnp_cxr.inlung import (IN_LUNG_KEYS, aggregate_in_lung, component_fractions, content_mask, format_ci,
+from bnp_cxr.inlung import (IN_LUNG_KEYS, aggregate_in_lung, ci_entry, component_fractions, content_mask,
                             in_lung_metrics, plot_in_lung_trend, study_columns, top_count, top_weights,
                             undefined_reason)
 from bnp_cxr.records.schema import COMPONENT_BITS
@@ -209,23 +209,25 @@ def test_study_columns_fit_the_resolution_report():
     aggregate = aggregate_in_lung(_frame(np.random.default_rng(4), patients=6, images_per_patient=1), n_boot=1000)
     columns = study_columns(aggregate)
     assert sorted(columns) == [64, 256]
-    assert list(columns[64]) == ["in-lung mass Gradient [95% CI]", "in-lung mass Grad-CAM [95% CI]",
-                                 "lung area fraction (chance) [95% CI]"]
+    assert list(columns[64]) == ["in-lung mass, Gradient", "in-lung mass, Grad-CAM", "lung area fraction (chance)"]
     row = aggregate[(aggregate["method"] == "gradcam") & (aggregate["size"] == 256)].iloc[0]
-    assert columns[256]["in-lung mass Grad-CAM [95% CI]"] == format_ci(row, "mass_in_lung_fraction")
-    cell = columns[64]["in-lung mass Gradient [95% CI]"]
-    estimate, low, high = (float(part) for part in cell.replace("[", "").replace("]", "").replace(",", "").split())
-    assert low <= estimate <= high
+    entry = columns[256]["in-lung mass, Grad-CAM"]
+    assert (entry["estimate"], entry["ci_low"], entry["ci_high"]) == pytest.approx(
+        (row["mass_in_lung_fraction"], row["mass_in_lung_fraction_lo"], row["mass_in_lung_fraction_hi"]))
+    assert entry["ci_low"] <= entry["estimate"] <= entry["ci_high"]
     results = [{"size": size, "n_images": 6, "n_patients": 6,
                 "metrics": {key: {"estimate": 0.9, "ci_low": 0.8, "ci_high": 1.0, "n": 6}
                             for key, _, _ in study.TABLE_METRICS}} for size in (64, 256)]
     table = study.markdown_table(results, columns)
-    assert "in-lung mass Grad-CAM [95% CI]" in table.splitlines()[0] and cell in table
+    assert "in-lung mass, Grad-CAM" in table.splitlines()[0] and study.format_entry(entry) in table
+    flat = study.csv_rows(results, columns)[1]
+    assert flat["in-lung mass, Grad-CAM_ci_high"] == entry["ci_high"]
 
 
-def test_format_ci_undefined():
-    assert format_ci({"m": float("nan"), "m_lo": float("nan"), "m_hi": float("nan")}, "m") == "n/a"
-    assert format_ci({"m": 0.5, "m_lo": 0.4, "m_hi": 0.61}, "m") == "0.50 [0.40, 0.61]"
+def test_ci_entry_undefined_is_none():
+    assert ci_entry({"m": float("nan"), "m_lo": float("nan"), "m_hi": float("nan")}, "m") == {
+        "estimate": None, "ci_low": None, "ci_high": None}
+    assert ci_entry({"m": 0.5, "m_lo": 0.4, "m_hi": 0.61}, "m") == {"estimate": 0.5, "ci_low": 0.4, "ci_high": 0.61}
 
 
 def test_trend_plot_writes_png_and_pdf(tmp_path):

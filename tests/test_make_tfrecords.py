@@ -109,3 +109,23 @@ def test_real_dicoms_to_records(shared_dicom_manifest, tmp_path):
         lungs = np.mean([image[third:2 * third, size // 4 - size // 20:size // 4 + size // 20].mean(),
                          image[third:2 * third, 3 * size // 4 - size // 20:3 * size // 4 + size // 20].mean()])
         assert lungs < mediastinum, name
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_cli_absolute_paths_need_allow_outside_root(allow, tmp_path):
+    """An archive outside the manifest's folder is refused row by row unless --allow-outside-root."""
+    if not SHARED_DICOM.is_dir():
+        pytest.skip(f"real radiographs not present at {SHARED_DICOM} (CI has them)")
+    names = sorted(path.name for path in SHARED_DICOM.glob("*.dcm"))
+    rows = [f"P{i},{SHARED_DICOM / name},2020-01-01,,{400 + i}" for i, name in enumerate(names)]
+    (tmp_path / "manifest.csv").write_text("patient_id,image_path,study_datetime,bnp,bnpp\n" + "\n".join(rows) + "\n")
+    flags = ["--allow-outside-root"] if allow else []
+    result = run_cli("--manifest", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "records"),
+                     "--sizes", "64", "--workers", "1", *flags, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "records" / "summary.json").read_text())
+    assert summary["rows"] == len(names)
+    assert (summary["written"], summary["rejected"]) == ((len(names), 0) if allow else (0, len(names)))
+    with open(tmp_path / "records" / "rejects.csv") as handle:
+        reasons = [row["reason"] for row in csv.DictReader(handle)]
+    assert reasons == ([] if allow else ["absolute_path"] * len(names))

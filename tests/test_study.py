@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -259,3 +260,44 @@ def test_cli_names_the_records_command_for_missing_sizes(cli, records, tmp_path,
     assert code == 2 and "256 px: no train, val, test" in error
     assert f"python tools/make_tfrecords.py --out {records} --sizes 256 --resume" in error
     assert "--make-records" in error and not (tmp_path / "runs").exists()
+
+
+def write_in_lung_table(path: Path, sizes) -> Path:
+    """An in_lung.csv as tools/attribute.py writes it, from per-image fractions that grow with size."""
+    import pandas as pd
+
+    from bnp_cxr.inlung import aggregate_in_lung
+
+    rng = np.random.default_rng(0)
+    rows = [{"method": method, "size": size, "patient_id": f"p{image}", "image_id": f"i{image}",
+             "mass_in_lung_fraction": base + size / 1000 + rng.uniform(0, 0.02),
+             "top_in_lung_fraction": base + size / 500 + rng.uniform(0, 0.02),
+             "lung_area_fraction": 0.2 + rng.uniform(0, 0.01)}
+            for method, base in (("vanilla", 0.3), ("xrai", 0.2)) for size in sizes for image in range(6)]
+    aggregate_in_lung(pd.DataFrame(rows), n_boot=N_BOOT).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_cli_adds_in_lung_columns_from_attribution(cli, finished, records, tmp_path, capsys, stale):
+    runs = copy_runs(finished, tmp_path)
+    table = write_in_lung_table(tmp_path / "in_lung.csv", SIZES)
+    if stale:  # a model retrained after the attribution: its size's columns would describe another model
+        model = runs / "size128" / MODEL_FILE
+        later = table.stat().st_mtime + 60
+        os.utime(model, (later, later))
+    code = cli.main(["--sizes", *map(str, SIZES), "--records", str(records), "--runs", str(runs), "--out",
+                     str(tmp_path / "out"), "--backbone", "small_cnn", "--epochs", "1", "--batch-size", "8",
+                     "--n-boot", str(N_BOOT), "--verbose", "0", "--in-lung", str(table)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    with open(tmp_path / "out" / "resolution.csv", newline="") as handle:
+        rows = {int(row["size"]): row for row in csv.DictReader(handle)}
+    column = "in-lung mass, Gradient"
+    assert float(rows[64][column]) == pytest.approx(0.3 + 0.064 + 0.01, abs=0.011)
+    assert float(rows[64][f"{column}_ci_low"]) <= float(rows[64][column]) <= float(rows[64][f"{column}_ci_high"])
+    if stale:
+        assert "left out at [128] px" in out and not rows[128].get(column)
+    else:
+        assert float(rows[128][column]) > float(rows[64][column])
+        assert "lung area fraction (chance)" in (tmp_path / "out" / "resolution.md").read_text()

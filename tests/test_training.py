@@ -51,6 +51,41 @@ def test_masked_l1_gradient_is_finite_and_zero_for_missing_labels(y_true):
     np.testing.assert_array_equal(grad[np.isnan(np.array(y_true))], 0.0)
 
 
+_TWO_REPLICA_STEP = """
+import json, sys
+import numpy as np, tensorflow as tf
+tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                           [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from bnp_cxr.training import MaskedL1
+rng = np.random.default_rng(0)
+x = rng.random((4, 3), "float32")
+y = rng.random((4, 2), "float32")
+out = {}
+for name, strategy in [("one", tf.distribute.get_strategy()),
+                       ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=MaskedL1())
+    history = model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    out[name] = {"replicas": strategy.num_replicas_in_sync, "loss": history.history["loss"][0],
+                 "kernel": model.layers[0].kernel.numpy().tolist()}
+json.dump(out, sys.stdout)
+"""
+
+
+def test_masked_l1_two_replicas_match_one_device():
+    """One SGD step on 2 mirrored CPU replicas equals the step on one device (gradients not doubled)."""
+    done = subprocess.run([sys.executable, "-c", _TWO_REPLICA_STEP], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    assert (out["one"]["replicas"], out["two"]["replicas"]) == (1, 2)
+    assert out["two"]["loss"] == pytest.approx(out["one"]["loss"], rel=1e-5)
+    np.testing.assert_allclose(out["two"]["kernel"], out["one"]["kernel"], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("weights", [(1.0,), (-1.0, 1.0), (0.0, 0.0)])
 def test_masked_l1_rejects_bad_weights(weights):
     with pytest.raises(ValueError, match="output_weights"):

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bnpp-threshold", type=float, default=400.0, help="positive if BNPP > this pg/mL")
     parser.add_argument("--bnp-threshold", type=float, default=100.0, help="positive if BNP > this pg/mL")
     parser.add_argument("--allow-lateral", action="store_true", help="keep lateral views (rejected by default)")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="accept absolute manifest paths and ../ paths that leave the manifest's folder "
+                             "(rejected by default)")
     parser.add_argument("--cohort", type=Path, default=DEFAULT_COHORT,
                         help="where the phantom cohort lives when no --manifest is given (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                               progress=not args.no_progress)
         manifest = load_manifest(manifest_path, labs_path, ManifestConfig(
             thresholds=PositivityThresholds(bnpp_pg_ml=args.bnpp_threshold, bnp_pg_ml=args.bnp_threshold),
-            pairing_window_hours=args.window_hours, allow_lateral=args.allow_lateral))
+            pairing_window_hours=args.window_hours, allow_lateral=args.allow_lateral,
+            allow_outside_root=args.allow_outside_root))
         if args.runner == "local":
             summary = write_records(manifest, args.out, ingest)
         else:

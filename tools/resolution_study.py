@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 TOOLS = Path(__file__).resolve().parent
 # Options of tools/train.py that stay per study rather than per size (those that pick one run are left out).
 TRAINING_DESTS = ("preset", "records_dir", "backbone", "weights", "epochs", "batch_size", "lr", "schedule",
-                  "warmup_epochs", "mixed_precision", "seed", "augment", "loss_weights", "dropout", "cache", "n_boot",
+                  "warmup_epochs", "mixed_precision", "xla", "seed", "augment", "loss_weights", "dropout", "cache", "n_boot",
                   "verbose")
 
 
@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                "size (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("work/study"), help="report folder (default: %(default)s)")
     parser.add_argument("--retrain", action="store_true", help="delete and retrain the run of every size")
+    parser.add_argument("--in-lung", type=Path, default=Path("work/attribution") / "in_lung.csv",
+                        help="tools/attribute.py's in_lung.csv: its in-lung attention per method becomes extra "
+                             "columns for the sizes it covers, when newer than those runs' models "
+                             "(default: %(default)s, used if present)")
     parser.add_argument("--make-records", action="store_true",
                         help="write missing records from the phantom cohort (work/cohort, generated if absent) "
                              f"into --records (default {DEFAULT_RECORDS}) instead of stopping")
@@ -60,10 +64,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def in_lung_columns(path: Path, runs_root: Path, sizes: list[int]) -> dict[int, dict[str, str]]:
+    """In-lung columns from an attribution table for the sizes whose run is older than it; the rest say why not."""
+    if not path.is_file():
+        print(f"in-lung columns: no {path} (run tools/attribute.py after training to add them)")
+        return {}
+    import pandas as pd
+
+    from bnp_cxr.inlung import study_columns
+    from bnp_cxr.training.loop import MODEL_FILE
+
+    columns = study_columns(pd.read_csv(path), metrics=("mass_in_lung_fraction", "top_in_lung_fraction"))
+    kept, stale = {}, []
+    for size in sizes:
+        model = runs_root / f"size{size}" / MODEL_FILE
+        if size in columns and model.is_file() and model.stat().st_mtime <= path.stat().st_mtime:
+            kept[size] = columns[size]
+        elif size in columns:
+            stale.append(size)
+    if stale:
+        print(f"in-lung columns left out at {stale} px: their runs are newer than {path} or missing "
+              "(rerun tools/attribute.py)")
+    print(f"in-lung columns from {path} at {sorted(kept)} px" if kept else f"in-lung columns: none usable in {path}")
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from bnp_cxr.models import WeightsDownloadError
-    from bnp_cxr.study import missing_records, records_command, run_study
+    from bnp_cxr.study import missing_records, records_command, run_study, shared_settings, write_report
     from bnp_cxr.training.config import DEFAULT_RECORDS
 
     started = time.perf_counter()
@@ -92,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcomes, paths = run_study(sizes, options, args.runs, args.out, preset=args.preset, n_boot=args.n_boot,
                                     retrain=args.retrain, verbose=args.verbose)
+        extra = in_lung_columns(args.in_lung, args.runs, sizes)  # after training: a retrained run makes it stale
+        if extra:
+            paths = write_report([outcome.metrics for outcome in outcomes], args.out,
+                                 shared_settings([outcome.config for outcome in outcomes]), extra)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError, WeightsDownloadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import pandas as pd
 
 from bnp_cxr.attribution.methods import METHODS, MethodConfig
 from bnp_cxr.attribution.sample import SampleImage, choose_sample, load_sample, record_image_ids, shard_slice
+from bnp_cxr.files import atomic_path, write_json
 
 PER_IMAGE = "in_lung_per_image.csv"
 AGGREGATE = "in_lung.csv"
@@ -144,14 +145,13 @@ def save_map(path: Path, image: SampleImage, attribution: np.ndarray, mask: np.n
              method: str, config: AttributionConfig, prediction: np.ndarray) -> None:
     """One map with what is needed to redraw it: the radiograph (uint16), lung mask and content box."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(
-        tmp, attribution=attribution.astype(np.float32), method=method, target=config.target,
-        image_id=image.image_id, size=image.size,
-        radiograph=np.rint(image.image[..., 0] * 65535).astype(np.uint16),
-        lung_mask=mask if mask is not None else np.zeros((0, 0), bool), lung_mask_source=source,
-        content_box=np.asarray(image.content_box), pred_log10_bnp_bnpp=np.asarray(prediction, np.float32))
-    os.replace(tmp, path)  # never a half-written map under the final name
+    with atomic_path(path, ".tmp.npz") as temp:  # never a half-written map under the final name
+        np.savez_compressed(
+            temp, attribution=attribution.astype(np.float32), method=method, target=config.target,
+            image_id=image.image_id, size=image.size,
+            radiograph=np.rint(image.image[..., 0] * 65535).astype(np.uint16),
+            lung_mask=mask if mask is not None else np.zeros((0, 0), bool), lung_mask_source=source,
+            content_box=np.asarray(image.content_box), pred_log10_bnp_bnpp=np.asarray(prediction, np.float32))
 
 
 def explain_run(info: RunInfo, image_ids: Sequence[str], out_dir: Path, config: AttributionConfig,
@@ -213,7 +213,7 @@ def attribute(runs: Sequence[RunInfo], out_dir: str | os.PathLike, config: Attri
                 rows += explain_run(info, mine, out, config, lung_model, progress=bar.update)
     table = pd.DataFrame(rows)
     write_csv(table, out / per_image_name(config.shard))
-    _write_json(out / f"settings.shard-{config.shard[0]}-of-{config.shard[1]}.json", {
+    write_json(out / f"settings.shard-{config.shard[0]}-of-{config.shard[1]}.json", {
         "runs": [{"name": i.name, "size": i.size} for i in runs], "sample": sampled, "shard": list(config.shard),
         "config": _jsonable(config)})
     summary = {"images": len(mine), "sample": len(sampled), "runs": [i.name for i in runs], "maps": len(rows)}
@@ -295,15 +295,8 @@ def draw_panels(out: Path, table: pd.DataFrame, config: AttributionConfig) -> li
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:
     """Write a table atomically (tmp + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, document: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as temp:
+        table.to_csv(temp, index=False, float_format="%.6g")
 
 
 def _jsonable(config: AttributionConfig) -> dict:

@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bnp_cxr.files import write_json
 from bnp_cxr.phantom import model
 from bnp_cxr.phantom.config import COMPONENT_BITS, COMPONENT_DESCRIPTIONS, CohortConfig
 from bnp_cxr.phantom.dicomio import build_dataset, to_stored, write_dicom
@@ -63,9 +64,7 @@ def generate_cohort(out_dir: str | os.PathLike, config: CohortConfig | None = No
     write_contact_sheet(out, out / "contact_sheet.png")
     summary["run"] = {"elapsed_seconds": round(time.perf_counter() - started, 2), "workers": workers,
                       "python": platform.python_version(), "packages": _versions()}
-    temporary = summary_path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    temporary.replace(summary_path)  # written last: its presence means the cohort is complete
+    write_json(summary_path, summary)  # written last: its presence means the cohort is complete
     return summary
 
 

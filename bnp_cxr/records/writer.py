@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from bnp_cxr import __version__
+from bnp_cxr.files import atomic_path, write_json
 from bnp_cxr.manifest import ImageRow, Manifest, Reject
 from bnp_cxr.records.prepare import Failure, Prepared, prepare_row
 from bnp_cxr.records.schema import SCHEMA_VERSION, SHARD_PATTERN, serialize_example, shard_name
@@ -265,8 +266,8 @@ def _write_group(group: ShardGroup, results: Iterator, out_dir: Path, config: In
     marker = {"fingerprint": fingerprint, "split": group.split, "index": group.index, "count": group.count,
               "sizes": list(config.sizes), "rows": len(group.rows), "written": written, "rejects": rejects}
     marker_path = out_dir / PROGRESS_DIR / group.marker_name
-    marker_path.with_name(marker_path.name + ".tmp").write_text(json.dumps(marker))
-    os.replace(marker_path.with_name(marker_path.name + ".tmp"), marker_path)
+    with atomic_path(marker_path) as temp:
+        temp.write_text(json.dumps(marker))
     return marker
 
 
@@ -344,10 +345,8 @@ def _summarise(manifest: Manifest, plan: list[ShardGroup], markers: dict[str, di
 
 
 def _write_reports(out_dir: Path, rejects: list[dict], summary: dict) -> None:
-    with open(out_dir / "rejects.csv.tmp", "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(out_dir / "rejects.csv") as temp, open(temp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=REJECT_FIELDS)
         writer.writeheader()
         writer.writerows(rejects)
-    os.replace(out_dir / "rejects.csv.tmp", out_dir / "rejects.csv")
-    (out_dir / "summary.json.tmp").write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(out_dir / "summary.json.tmp", out_dir / "summary.json")
+    write_json(out_dir / "summary.json", summary)

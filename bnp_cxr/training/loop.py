@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from bnp_cxr.files import atomic_path, write_json
 from bnp_cxr.training.cluster import (BACKUP_DIR, agree, backup_name, make_strategy, patch_keras_for_multi_worker,
                                       settings_digest, strategy_kind, worker_count, worker_role)
 from bnp_cxr.training.config import CONFIG_FILE, TrainConfig, dtype_policy, gpus_visible, identity_mismatches, resolve
@@ -138,22 +139,14 @@ def _trim_history(path: Path, completed_epochs: int) -> None:
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     kept = [rows[0], *(row for row in rows[1:] if int(row[0]) < completed_epochs)] if rows else []
-    temp = path.with_name(path.name + ".tmp")
-    with open(temp, "w", newline="") as handle:
+    with atomic_path(path) as temp, open(temp, "w", newline="") as handle:
         csv.writer(handle).writerows(kept)
-    os.replace(temp, path)
 
 
 def completed_epochs(run_dir: Path, backup: str = BACKUP_DIR) -> int:
     """Epochs completed so far according to a BackupAndRestore folder's metadata (0 for a new run)."""
     metadata = Path(run_dir) / backup / "training_metadata.json"
     return int(json.loads(metadata.read_text())["epoch"]) if metadata.is_file() else 0
-
-
-def _write_json(path: Path, document: dict) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(temp, path)
 
 
 def _check_run_dir(config: TrainConfig, fingerprint: dict, chief: bool, backup: str) -> dict | None:
@@ -339,7 +332,7 @@ def train(config: TrainConfig, *, callbacks: Sequence = (), verbose: int | str =
                              "resumed": config.resume, "initial_epoch": done, "epochs": config.epochs,
                              **environment, "notes": notes})
             options = {key: value for key, value in config.to_json().items() if key != "resume"}
-            _write_json(run_dir / CONFIG_FILE, {**options, **environment, "data": fingerprint,
+            write_json(run_dir / CONFIG_FILE, {**options, **environment, "data": fingerprint,
                                                 "steps_per_epoch": steps, "sessions": sessions})
         if done < config.epochs:
             model.fit(train_data, validation_data=val_data, epochs=config.epochs, steps_per_epoch=steps,

@@ -25,12 +25,23 @@ def _split_known(y_true):
     return ops.where(known, y_true, ops.zeros_like(y_true)), ops.cast(known, y_true.dtype)
 
 
+def _replicas_in_sync() -> float:
+    """Replicas of the current tf.distribute strategy (1 outside one or on another backend)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1.0
+    import tensorflow as tf
+
+    return float(tf.distribute.get_strategy().num_replicas_in_sync)
+
+
 @keras.saving.register_keras_serializable(package="bnp_cxr")
 class MaskedL1(keras.losses.Loss):
     """Mean absolute error over the known labels of a batch, each output scaled by its weight.
 
     loss = sum_ik w_k m_ik |y_ik - p_ik| / max(sum_ik m_ik, 1), m = label known; a batch with no
-    known label gives 0. Under a distribution strategy each replica normalises by its own count.
+    known label gives 0. Under a distribution strategy each replica normalises by its own count and
+    scales by 1 / replicas, as Keras's built-in reductions do, so that the all-reduced (summed)
+    gradients and the logged loss are the mean over replicas, not N times it.
     """
 
     def __init__(self, output_weights: tuple[float, float] = (1.0, 1.0), name: str = "masked_l1", **kwargs):
@@ -48,7 +59,7 @@ class MaskedL1(keras.losses.Loss):
         weights = ops.convert_to_tensor(self.output_weights, dtype="float32")
         errors = ops.abs(labels - y_pred) * known * weights
         count = ops.maximum(ops.sum(known), 1.0)
-        return ops.sum(errors, axis=-1) / count
+        return ops.sum(errors, axis=-1) / (count * _replicas_in_sync())
 
     def get_config(self) -> dict:
         config = super().get_config()
