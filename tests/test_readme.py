@@ -29,3 +29,36 @@ def test_example_manifests_parse(tmp_path):
     assert inline.n_rows == 4 and {r.reason for r in inline.rejects} == {"file_not_found"}
     paired = load_manifest(examples / "example_manifest_images.csv", examples / "example_labs.csv")
     assert paired.labs_summary["invalid"] == 0 and {r.reason for r in paired.rejects} == {"file_not_found"}
+
+
+def readme_tool_commands() -> list[tuple[str, list[str]]]:
+    """(tool name, argument tokens) of every `python tools/NAME.py ...` in the README's and docs' bash blocks."""
+    import shlex
+
+    commands = []
+    for path in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
+        for block in re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S):
+            text = re.sub(r"#[^\n]*", "", block.replace("\\\n", " "))
+            for command in re.split(r"\n|&&|;", text):
+                tokens = shlex.split(command)
+                for index, token in enumerate(tokens[:-1]):
+                    if token == "python" and tokens[index + 1].startswith("tools/"):
+                        commands.append((Path(tokens[index + 1]).stem, tokens[index + 2:]))
+    return commands
+
+
+def test_readme_tool_commands_parse():
+    """Every documented tool command parses with the tool's own parser (Beam options pass through)."""
+    import importlib.util
+
+    commands = readme_tool_commands()
+    assert {"make_tfrecords", "train", "attribute", "predict"} <= {name for name, _ in commands}
+    for name, arguments in commands:
+        spec = importlib.util.spec_from_file_location(f"readme_{name}", ROOT / "tools" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        parser = module.build_parser()
+        parsed, unknown = parser.parse_known_args(arguments)
+        if getattr(parsed, "runner", "local") != "local":  # make_tfrecords hands unknown flags to Beam
+            unknown = []
+        assert unknown == [], f"tools/{name}.py does not know {unknown} ({' '.join(arguments)})"
