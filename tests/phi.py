@@ -3,8 +3,8 @@
 `write_named_archive` writes 64 x 64 MONOCHROME2 DICOMs (file names are SOP Instance UIDs) whose headers
 carry PatientName in several character sets, PatientID / OtherPatientIDs (MRN-like) and AccessionNumber,
 a manifest whose patient_id column holds the MRNs, and a labs table keyed by MRN. `scan_tree` looks for
-every identifier, in many encodings, in every file's bytes (and inside gzip, zip, PNG text chunks and PDF
-streams) and in every file and folder name.
+every identifier, in many encodings, in every file's bytes (and inside gzip, zip, PNG text chunks, PDF
+streams and the text pypdf extracts from PDF pages) and in every file and folder name.
 """
 
 from __future__ import annotations
@@ -244,6 +244,12 @@ def expand(label: str, data: bytes, depth: int = 0) -> Iterator[tuple[str, bytes
                 stream = match[1]
             yield f"{label}!stream{number}", stream
             yield f"{label}!stream{number}-text", _pdf_text(stream)
+        # Drawn non-ASCII text is re-encoded glyph by glyph (matplotlib's Type 3 fonts); pypdf maps it back
+        # to Unicode through the fonts' encodings, and the scanner then tries every encoding on it.
+        from pypdf import PdfReader
+
+        for number, page in enumerate(PdfReader(io.BytesIO(data)).pages):
+            yield f"{label}!page{number}-text", page.extract_text().encode("utf-8")
 
 
 def _trie_regex(patterns) -> re.Pattern:
