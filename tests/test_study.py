@@ -301,3 +301,10 @@ def test_cli_adds_in_lung_columns_from_attribution(cli, finished, records, tmp_p
     else:
         assert float(rows[128][column]) > float(rows[64][column])
         assert "lung area fraction (chance)" in (tmp_path / "out" / "resolution.md").read_text()
+
+
+@pytest.mark.parametrize("flag, expected", [([], None), (["--xla"], True), (["--no-xla"], False)])
+def test_cli_takes_train_py_precision_options(cli, flag, expected):
+    args = cli.build_parser().parse_args(["--mixed-precision", "bfloat16", *flag])
+    training = {dest: getattr(args, dest) for dest in cli.TRAINING_DESTS}
+    assert (training["xla"], training["mixed_precision"]) == (expected, "bfloat16")

@@ -333,7 +333,7 @@ def train(config: TrainConfig, *, callbacks: Sequence = (), verbose: int | str =
                              **environment, "notes": notes})
             options = {key: value for key, value in config.to_json().items() if key != "resume"}
             write_json(run_dir / CONFIG_FILE, {**options, **environment, "data": fingerprint,
-                                                "steps_per_epoch": steps, "sessions": sessions})
+                                               "steps_per_epoch": steps, "sessions": sessions})
         if done < config.epochs:
             model.fit(train_data, validation_data=val_data, epochs=config.epochs, steps_per_epoch=steps,
                       shuffle=False, verbose=verbose,
