@@ -74,7 +74,7 @@ def reference_records(manifest: Path, labs: Path | None, out_dir: Path, sizes: t
     from bnp_cxr.records.writer import PROGRESS_DIR, IngestConfig, write_records
 
     write_records(load_manifest(manifest, labs, ManifestConfig(salt=salt)), out_dir,
-                  IngestConfig(sizes=sizes, shard_size=shard_size, workers=1, progress=False))
+                  IngestConfig(sizes=sizes, shard_size=shard_size, workers=0, progress=False))
     stamps = sorted(path.stat().st_mtime for path in (out_dir / PROGRESS_DIR).glob("*.json"))
     return (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)
 

@@ -329,7 +329,7 @@ def prepare_or_crash(row, sizes: tuple[int, ...], allow_lateral: bool = False):
     """prepare_row, except that a worker process kills itself (SIGSEGV, as a codec bug would) on CRASH_NAME."""
     if Path(row.abs_path).name == CRASH_NAME:
         if multiprocessing.parent_process() is None:
-            raise RuntimeError("prepare_or_crash refuses to kill the main process; use workers >= 2")
+            raise RuntimeError("prepare_or_crash refuses to kill the main process; use workers >= 1")
         os.kill(os.getpid(), signal.SIGSEGV)
     return prepare_row(row, sizes, allow_lateral)
 
@@ -338,6 +338,6 @@ def square_or_exit(number: int) -> int:
     """number ** 2, except that 3 and 4 end their worker process with os._exit (no cleanup, no exception)."""
     if number in (3, 4):
         if multiprocessing.parent_process() is None:
-            raise RuntimeError("square_or_exit refuses to end the main process; use workers >= 2")
+            raise RuntimeError("square_or_exit refuses to end the main process; use workers >= 1")
         os._exit(3)
     return number * number

@@ -35,12 +35,12 @@ def corpus(tmp_path_factory):
 def cli_run(corpus, tmp_path_factory):
     """tools/make_tfrecords.py on the corpus: (completed process, output folder).
 
-    One decode process: spawning workers costs seconds, and the crash test below runs the pool.
+    Decoding in this process (--workers 0): spawning workers costs seconds, and the crash tests below run the pool.
     """
     out = tmp_path_factory.mktemp("cli") / "records"
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "make_tfrecords.py"), "--no-progress",
                              "--manifest", str(corpus.manifest), "--out", str(out), "--sizes", "64",
-                             "--shard-size", str(SHARD_SIZE), "--workers", "1"],
+                             "--shard-size", str(SHARD_SIZE), "--workers", "0"],
                             capture_output=True, text=True, timeout=300)
     return result, out
 
@@ -124,10 +124,12 @@ def test_paths_outside_the_folder_need_the_explicit_option(corpus):
 
 # ---------------------------------------------------------------- a decoder that kills its worker process
 
-def test_decoder_crash_rejects_its_row_and_the_run_goes_on(corpus, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_decoder_crash_rejects_its_row_and_the_run_goes_on(corpus, tmp_path, workers):
     out = tmp_path / "records"
     manifest = load_manifest(corpus.manifest)
-    config = IngestConfig(sizes=(64,), shard_size=SHARD_SIZE, workers=2, progress=False, prepare=prepare_or_crash)
+    config = IngestConfig(sizes=(64,), shard_size=SHARD_SIZE, workers=workers, progress=False,
+                          prepare=prepare_or_crash)
     write_records(manifest, out, config)
     crash_row = next(row.row for row in manifest.rows if row.image_path.endswith(CRASH_NAME))
     expect = {**corpus.expect, crash_row: image("decoder_crashed")}
@@ -145,19 +147,26 @@ def test_decoder_crash_rejects_its_row_and_the_run_goes_on(corpus, tmp_path):
     resumed = write_records(manifest, out, dataclasses.replace(config, resume=True))
     assert resumed["resumed_groups"] == len(shards) and (out / "rejects.csv").read_text() == before
     # Another decoder makes other records: resuming with the default one redoes every group.
-    redone = write_records(manifest, out, dataclasses.replace(config, resume=True, workers=1, prepare=prepare_row))
+    redone = write_records(manifest, out, dataclasses.replace(config, resume=True, workers=0, prepare=prepare_row))
     assert redone["resumed_groups"] == 0 and "decoder_crashed" not in redone["reject_reasons"]
 
 
-def test_ordered_map_survives_workers_that_exit():
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ordered_map_survives_workers_that_exit(workers):
     # Two culprits in one window: each suspect is retried alone, and the second needs a fresh process too.
-    crashed = list(ordered_map(square_or_exit, range(7), workers=2, max_in_flight=7,
+    crashed = list(ordered_map(square_or_exit, range(7), workers=workers, max_in_flight=7,
                                on_crash=lambda item, error: ("crashed", item)))
     assert crashed == [0, 1, 4, ("crashed", 3), ("crashed", 4), 25, 36]
     from concurrent.futures.process import BrokenProcessPool
 
     with pytest.raises(BrokenProcessPool):  # without on_crash a dead worker still stops the map
-        list(ordered_map(square_or_exit, [3], workers=2))
+        list(ordered_map(square_or_exit, [3], workers=workers))
+
+
+def test_workers_zero_maps_in_this_process_and_negative_is_refused():
+    assert list(ordered_map(abs, [-2, 3], workers=0)) == [2, 3]
+    with pytest.raises(ValueError, match="workers >= 0"):
+        IngestConfig(workers=-1)
 
 
 def test_prepare_must_be_importable_by_name():

@@ -35,7 +35,7 @@ def write(cohort: Path, out: Path) -> Path:
     from bnp_cxr.records.writer import IngestConfig, write_records
 
     manifest = load_manifest(cohort / "manifest.csv", cohort / "labs.csv", ManifestConfig(salt=SALT))
-    write_records(manifest, out, IngestConfig(sizes=SIZES, shard_size=8, workers=1, progress=False))
+    write_records(manifest, out, IngestConfig(sizes=SIZES, shard_size=8, workers=0, progress=False))
     return out
 
 

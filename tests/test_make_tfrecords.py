@@ -121,7 +121,7 @@ def test_cli_absolute_paths_need_allow_outside_root(allow, tmp_path):
     (tmp_path / "manifest.csv").write_text("patient_id,image_path,study_datetime,bnp,bnpp\n" + "\n".join(rows) + "\n")
     flags = ["--allow-outside-root"] if allow else []
     result = run_cli("--manifest", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "records"),
-                     "--sizes", "64", "--workers", "1", *flags, cwd=tmp_path)
+                     "--sizes", "64", "--workers", "0", *flags, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "records" / "summary.json").read_text())
     assert summary["rows"] == len(names)

@@ -47,7 +47,7 @@ def outputs(archive, tmp_path_factory):
     logs, records, run_dir = out / "logs", out / "records", out / "runs" / f"size{SIZE}"
     logs.mkdir()
     run_tool("make_tfrecords", "--manifest", str(archive.manifest), "--labs", str(archive.labs), "--out",
-             str(records), "--sizes", str(SIZE), "--shard-size", "8", "--workers", "1", "--no-progress",
+             str(records), "--sizes", str(SIZE), "--shard-size", "8", "--workers", "0", "--no-progress",
              logs=logs, cwd=out)
     run_tool("train", "--records", str(records), "--size", str(SIZE), "--backbone", "small_cnn", "--epochs", "1",
              "--batch-size", "4", "--run-dir", str(run_dir), "--n-boot", "1000", "--verbose", "2", logs=logs, cwd=out)

@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="square sizes in px, 64..1024, or 'paper' (64 128 256 512 1024); default: 64 128 256")
     parser.add_argument("--shard-size", type=int, default=128, help="radiographs per shard (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="decode processes (default: all cores, %(default)s)")
+                        help="decode processes (default: all cores, %(default)s); a file that crashes its codec "
+                             "is rejected as decoder_crashed. 0 decodes in this process, where such a file ends the "
+                             "run")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="keep complete shards of an interrupted run, redo the rest")
     mode.add_argument("--overwrite", action="store_true", help="replace existing shards of these sizes")
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         from bnp_cxr.phantom import generate_cohort
 
         print(f"No --manifest: using the built-in phantom cohort in {args.cohort} (synthetic, no patient data).")
-        generate_cohort(args.cohort, workers=args.workers, progress=not args.no_progress)
+        generate_cohort(args.cohort, workers=max(args.workers, 1), progress=not args.no_progress)
         manifest_path, labs_path = args.cohort / "manifest.csv", labs_path or args.cohort / "labs.csv"
     try:
         sizes = parse_sizes(args.sizes)

@@ -9,8 +9,9 @@ Decoding runs in a pool of worker processes, not in tf.data threads: pydicom and
 decoders hold the GIL, so threads give no speed-up (bench/ingest.py measures the parallel efficiency).
 A decoder that kills its worker (segfault in a C codec, os._exit) costs only its row: the pool is
 recreated, the rows that were in flight are retried one at a time in a fresh process, and the one that
-kills that process too is rejected as `decoder_crashed` (with workers=1 decoding runs in this process,
-so there is nothing to isolate it from: use workers >= 2 for untrusted archives).
+kills that process too is rejected as `decoder_crashed`. workers=1 is one such process (the same
+isolation, no parallelism); workers=0 decodes in this process, where a crashing codec ends the run (the
+library default, for small trusted inputs and debugging; the CLI defaults to one process per CPU).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class IngestConfig:
 
     sizes: tuple[int, ...] = DEFAULT_SIZES
     shard_size: int = 128
-    workers: int = 1
+    workers: int = 0  # decode processes; 0 = in this process, without crash isolation
     resume: bool = False
     overwrite: bool = False
     allow_lateral: bool = False
@@ -66,8 +67,8 @@ class IngestConfig:
         bad = [size for size in self.sizes if not MIN_SIZE <= size <= MAX_SIZE]
         if bad or not self.sizes:
             raise ValueError(f"sizes must be within {MIN_SIZE}..{MAX_SIZE} px, got {list(self.sizes)}")
-        if self.shard_size < 1 or self.workers < 1:
-            raise ValueError("shard_size and workers must be >= 1")
+        if self.shard_size < 1 or self.workers < 0:
+            raise ValueError(f"shard_size must be >= 1 and workers >= 0, got {self.shard_size} and {self.workers}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other")
         if "<" in getattr(self.prepare, "__qualname__", "<"):
@@ -135,13 +136,13 @@ def decoder_crashed(row: ImageRow, error: BaseException) -> Failure:
 
 def ordered_map(fn: Callable, items: Iterable, workers: int, max_in_flight: int | None = None,
                 on_crash: Callable[[object, BaseException], object] | None = None) -> Iterator:
-    """Map in worker processes (spawn; TensorFlow is not fork-safe), yielding in order, bounded memory.
+    """Map in `workers` processes (spawn; TensorFlow is not fork-safe; 0: in this one), in order, bounded memory.
 
     Without `on_crash` a worker that dies raises BrokenProcessPool. With it, the pool is recreated, the
     items in flight are retried one at a time in a fresh process, and an item that kills that process too
     yields on_crash(item, error) in its place.
     """
-    if workers <= 1:
+    if workers <= 0:
         yield from map(fn, items)
         return
     max_in_flight = max_in_flight or 4 * workers
