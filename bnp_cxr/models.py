@@ -169,6 +169,19 @@ def build_model(backbone: str, size: int, *, weights: str | None = None, dropout
     raise ValueError(f"{path} does not fit a {backbone} model at {size} px: " + " | ".join(errors))
 
 
+def synchronize_batchnorm(model: keras.Model) -> int:
+    """Make every BatchNormalization layer all-reduce its batch statistics across replicas; returns how many.
+
+    Keras keeps per-replica statistics by default, so with small per-replica batches (ResNet152 at
+    1024 px) each replica normalises with noisy moments and every replica's moving statistics differ;
+    synchronised, they are those of the global batch, as on one device (TensorFlow backend only).
+    """
+    norms = [layer for layer in model._flatten_layers() if isinstance(layer, layers.BatchNormalization)]
+    for layer in norms:
+        layer.synchronized = True
+    return len(norms)
+
+
 def last_conv_layer_name(model: keras.Model) -> str:
     """Name of the layer whose output is the last spatial feature map (the global pool's input), for Grad-CAM."""
     try:

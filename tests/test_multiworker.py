@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -225,3 +226,41 @@ def test_precision_and_xla_train_one_epoch(records, tmp_path, mixed_precision, x
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
     outputs = load_model(result.model_path)(np.zeros((2, 64, 64, 1), "float32"))
     assert outputs.dtype == "float32"  # the output layer stays float32 under either policy
+
+
+def backup_arrays(backup: Path) -> dict[str, np.ndarray]:
+    """Every array of a worker's BackupAndRestore weights file, by its path in the file."""
+    import h5py
+
+    arrays: dict[str, np.ndarray] = {}
+    with h5py.File(backup / "latest.weights.h5", "r") as handle:
+        handle.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
+                          else None)
+    return arrays
+
+
+def differing_arrays(run_dir: Path) -> list[str]:
+    """Paths of the arrays in which the chief's and worker1's end-of-epoch weights differ."""
+    chief, worker = backup_arrays(run_dir / "backup"), backup_arrays(run_dir / "backup-worker1")
+    assert chief.keys() == worker.keys() and chief
+    return [name for name in chief if not np.allclose(chief[name], worker[name], rtol=1e-5, atol=1e-7)]
+
+
+@pytest.mark.slow
+def test_two_workers_with_synchronized_batchnorm_hold_the_same_statistics(records, tmp_path):
+    # Per replica (the default) each worker's BatchNorm moving statistics follow its own shards: the chief's
+    # and worker1's backups differ there and only there (the trained weights are all-reduced). With
+    # --sync-batchnorm both normalise with the global batch's moments and hold identical statistics.
+    found = {}
+    for sync in (False, True):
+        run_dir, temp = tmp_path / f"run{sync}", tmp_path / f"tmp{sync}"
+        temp.mkdir()
+        chief, _ = results = run_workers(records, run_dir, temp, *(["--sync-batchnorm"] if sync else []))
+        assert [result.returncode for result in results] == [0, 0], failure_report(results)
+        assert json.loads((run_dir / "config.json").read_text())["sync_batchnorm"] is sync
+        assert ("BatchNorm synchronised across replicas in" in chief.stdout) is sync
+        found[sync] = differing_arrays(run_dir)
+    # BatchNormalization's variables are gamma, beta, moving mean and moving variance (vars/0..3).
+    moving = re.compile(r"layers/batch_normalization(_\d+)?/vars/[23]")
+    assert found[False] and all(moving.fullmatch(name) for name in found[False]), found[False]
+    assert found[True] == []

@@ -51,39 +51,54 @@ def test_masked_l1_gradient_is_finite_and_zero_for_missing_labels(y_true):
     np.testing.assert_array_equal(grad[np.isnan(np.array(y_true))], 0.0)
 
 
-_TWO_REPLICA_STEP = """
+# One SGD step of a Dense-BatchNorm-Dense model on 2 logical CPUs; argv: "one" (one device), "two" (2 mirrored
+# replicas) or "two_sync" (2 replicas, synchronised BatchNorm). One strategy per process: a second
+# MirroredStrategy in the same process reuses collective instance keys and its all-reduces clash.
+_ONE_STEP = """
 import json, sys
 import numpy as np, tensorflow as tf
 tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
                                            [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
+from bnp_cxr.models import synchronize_batchnorm
 from bnp_cxr.training import MaskedL1
 rng = np.random.default_rng(0)
 x = rng.random((4, 3), "float32")
+x[2:] += 3.0  # the replicas' halves differ: per-replica BatchNorm moments differ from the global ones
 y = rng.random((4, 2), "float32")
-out = {}
-for name, strategy in [("one", tf.distribute.get_strategy()),
-                       ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
-    with strategy.scope():
-        keras.utils.set_random_seed(1)
-        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=MaskedL1())
-    history = model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
-    out[name] = {"replicas": strategy.num_replicas_in_sync, "loss": history.history["loss"][0],
-                 "kernel": model.layers[0].kernel.numpy().tolist()}
-json.dump(out, sys.stdout)
+variant = sys.argv[1]
+strategy = tf.distribute.get_strategy() if variant == "one" else tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(2)])
+    if variant == "two_sync":
+        synchronize_batchnorm(model)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=MaskedL1())
+history = model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+json.dump({"replicas": strategy.num_replicas_in_sync, "loss": history.history["loss"][0],
+           "kernel": model.layers[0].kernel.numpy().tolist(),
+           "moving_variance": model.layers[1].moving_variance.numpy().tolist()}, sys.stdout)
 """
 
 
-def test_masked_l1_two_replicas_match_one_device():
-    """One SGD step on 2 mirrored CPU replicas equals the step on one device (gradients not doubled)."""
-    done = subprocess.run([sys.executable, "-c", _TWO_REPLICA_STEP], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+def one_step(variant: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", _ONE_STEP, variant], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout)
-    assert (out["one"]["replicas"], out["two"]["replicas"]) == (1, 2)
-    assert out["two"]["loss"] == pytest.approx(out["one"]["loss"], rel=1e-5)
-    np.testing.assert_allclose(out["two"]["kernel"], out["one"]["kernel"], rtol=1e-5, atol=1e-6)
+    return json.loads(done.stdout)
+
+
+def test_two_replicas_match_one_device():
+    """One SGD step on 2 mirrored CPU replicas equals the step on one device: MaskedL1 does not double the
+    loss or the gradients, and synchronised BatchNorm gives the global batch's statistics."""
+    one, two, synced = one_step("one"), one_step("two"), one_step("two_sync")
+    assert (one["replicas"], two["replicas"], synced["replicas"]) == (1, 2, 2)
+    assert synced["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    np.testing.assert_allclose(synced["kernel"], one["kernel"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(synced["moving_variance"], one["moving_variance"], rtol=1e-5)
+    # Per-replica BatchNorm (Keras's default) sees only half the batch: other statistics.
+    assert not np.allclose(two["moving_variance"], one["moving_variance"], rtol=1e-3)
 
 
 @pytest.mark.parametrize("weights", [(1.0,), (-1.0, 1.0), (0.0, 0.0)])

@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 TOOLS = Path(__file__).resolve().parent
 # Options of tools/train.py that stay per study rather than per size (those that pick one run are left out).
 TRAINING_DESTS = ("preset", "records_dir", "backbone", "weights", "epochs", "batch_size", "lr", "schedule",
-                  "warmup_epochs", "mixed_precision", "xla", "seed", "augment", "loss_weights", "dropout", "cache",
+                  "warmup_epochs", "mixed_precision", "xla", "sync_batchnorm", "seed", "augment", "loss_weights", "dropout", "cache",
                   "n_boot", "verbose")
 
 

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "variables and outputs either way (default auto: on when a GPU is visible)")
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction,
                         help="compile the train / eval steps with XLA (default: off)")
+    parser.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction,
+                        help="BatchNorm statistics of the global batch, all-reduced across GPUs and workers "
+                             "(default: off, per replica)")
     parser.add_argument("--seed", type=int, help=f"default: {d.seed}")
     parser.add_argument("--run-dir", help="run folder (default: work/runs/size{SIZE})")
     parser.add_argument("--resume", action="store_true", default=False,

@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # Options that define what a run learns: a resumed run must keep them (epochs may grow).
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "lr", "schedule", "warmup_epochs",
-                   "mixed_precision", "seed", "augment", "loss_weights", "dropout")
+                   "mixed_precision", "sync_batchnorm", "seed", "augment", "loss_weights", "dropout")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warm-up from 0 to lr, then the schedule
     mixed_precision: str = "auto"  # auto = on (float16) when a GPU is visible; see POLICIES
     xla: bool = False  # jit_compile the train / eval steps with XLA
+    sync_batchnorm: bool = False  # BatchNorm moments of the global batch across replicas (models.synchronize_batchnorm)
     seed: int = 0
     run_dir: str | None = None  # None: work/runs/size{size}
     resume: bool = False

@@ -255,7 +255,7 @@ def train(config: TrainConfig, *, callbacks: Sequence = (), verbose: int | str =
     """Train (or resume) a run as configured; see the module docstring for what the run folder holds."""
     import keras
 
-    from bnp_cxr.models import build_model
+    from bnp_cxr.models import build_model, synchronize_batchnorm
     from bnp_cxr.training.losses import MaskedL1, default_metrics
 
     # MultiWorkerMirroredStrategy must exist before any other TensorFlow work.
@@ -315,6 +315,10 @@ def train(config: TrainConfig, *, callbacks: Sequence = (), verbose: int | str =
                 f"{strategy.num_replicas_in_sync} replicas needs a non-empty batch (the test evaluation uses all).")
         with strategy.scope():
             model = build_model(config.backbone, config.size, weights=config.weights, dropout=config.dropout)
+            if config.sync_batchnorm:
+                synchronized = synchronize_batchnorm(model)
+                if chief:
+                    log(f"BatchNorm synchronised across replicas in {synchronized} layer(s).")
             # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer; outputs stay float32.
             model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, steps)),
                           loss=MaskedL1(config.loss_weights), metrics=default_metrics(), jit_compile=config.xla)
