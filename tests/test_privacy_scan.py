@@ -53,12 +53,11 @@ def outputs(archive, tmp_path_factory):
              "--batch-size", "4", "--run-dir", str(run_dir), "--n-boot", "1000", "--verbose", "2", logs=logs, cwd=out)
     run_tool("evaluate", "--run-dir", str(run_dir), "--records", str(records), "--size", str(SIZE), "--split", "val",
              "--n-boot", "1000", logs=logs, cwd=out)
-    if (ROOT / "tools" / "attribute.py").is_file():  # built by another helper; scanned once it exists
-        run_tool("attribute", "--run", str(run_dir), "--records", str(records), "--out", str(out / "attribution"),
-                 "--n", "4", "--n-boot", "1000", "--methods", "vanilla", "gradcam", "--no-progress", logs=logs, cwd=out)
-    if (ROOT / "tools" / "predict.py").is_file():  # reads the DICOMs themselves, headers and all
-        run_tool("predict", *map(str, archive.dicoms[:2]), "--run", str(run_dir), "--out", str(out / "predictions"),
-                 logs=logs, cwd=out)
+    run_tool("attribute", "--run", str(run_dir), "--records", str(records), "--out", str(out / "attribution"),
+             "--n", "4", "--n-boot", "1000", "--methods", "vanilla", "gradcam", "--no-progress", logs=logs, cwd=out)
+    # predict reads the DICOMs themselves, headers and all.
+    run_tool("predict", *map(str, archive.dicoms[:2]), "--run", str(run_dir), "--out", str(out / "predictions"),
+             logs=logs, cwd=out)
     return out
 
 
@@ -134,8 +133,8 @@ def test_scanner_finds_planted_mrn_in_utf16(archive, tmp_path):
 def test_no_identifier_in_any_output(archive, outputs):
     files = [path for path in outputs.rglob("*") if path.is_file()]
     kinds = {path.suffix for path in files} | {"tfevents" for path in files if "tfevents" in path.name}
-    # Not vacuous: records, tables, JSON, model, figures, TensorBoard events and logs were all written.
-    assert {".tfrecord", ".csv", ".json", ".keras", ".png", ".log", "tfevents"} <= kinds, kinds
+    # Not vacuous: records, tables, JSON, model, figures, maps, TensorBoard events and logs were all written.
+    assert {".tfrecord", ".csv", ".json", ".keras", ".png", ".pdf", ".npz", ".log", "tfevents"} <= kinds, kinds
     rejects = (outputs / "records" / "rejects.csv").read_text(encoding="utf-8").splitlines()
     assert len(rejects) > 1 and archive.missing_image in "\n".join(rejects)
     assert scan_tree(outputs, phi_patterns(archive.people)) == []
