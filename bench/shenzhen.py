@@ -63,20 +63,32 @@ def run_seed(records: Path, run_dir: Path, size: int, epochs: int, seed: int, ba
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def shenzhen_parser(description: str, name: str) -> argparse.ArgumentParser:
+    """The options every Shenzhen benchmark takes: data, work folder, training, bootstrap, result name."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Shenzhen folder (index.csv, images/, masks/)")
     parser.add_argument("--work", type=Path, default=REPO / "work" / "shenzhen", help="manifest, records and runs")
-    parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--name", default="shenzhen", help="result file bench/results/NAME.json")
+    parser.add_argument("--name", default=name, help="result file bench/results/NAME.json")
+    return parser
+
+
+def parse_with_data(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parsed arguments; exits with a message when --data holds no Shenzhen index."""
     args = parser.parse_args()
     if not (args.data / "index.csv").is_file():
         sys.exit(f"error: no Shenzhen data at {args.data} (index.csv missing); pass --data")
+    return args
+
+
+def main() -> None:
+    parser = shenzhen_parser(__doc__, "shenzhen")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = parse_with_data(parser)
 
     records = ensure_records(args.data, args.work, args.size, args.workers)
     rows = [run_seed(records, args.work / "runs" / f"size{args.size}_e{args.epochs}_seed{seed}", args.size,

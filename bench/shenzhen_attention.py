@@ -14,7 +14,6 @@ derived stays in --work (never commit it: it derives from the images).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
-from shenzhen import DEFAULT_DATA, REPO, ensure_records, run_seed  # noqa: E402
+from shenzhen import ensure_records, parse_with_data, run_seed, shenzhen_parser  # noqa: E402
 
 METRICS = ("mass_in_lung_fraction", "top_in_lung_fraction", "lung_area_fraction")
 
@@ -43,21 +42,12 @@ def trained_run(records: Path, run_dir: Path, size: int, epochs: int, seed: int,
 def main() -> None:
     from bnp_cxr.attribution.methods import METHODS
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Shenzhen folder (index.csv, images/, masks/)")
-    parser.add_argument("--work", type=Path, default=REPO / "work" / "shenzhen", help="manifest, records and runs")
+    parser = shenzhen_parser(__doc__, "shenzhen_attention")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--n", type=int, default=1000, help="test images to explain (default: all)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--n-boot", type=int, default=2000)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--name", default="shenzhen_attention", help="result file bench/results/NAME.json")
-    args = parser.parse_args()
-    if not (args.data / "index.csv").is_file():
-        sys.exit(f"error: no Shenzhen data at {args.data} (index.csv missing); pass --data")
+    args = parse_with_data(parser)
 
     import pandas as pd
 
