@@ -66,14 +66,14 @@ def main() -> None:
 
     import tensorflow as tf  # noqa: F401  imported up front: not part of the per-image cost
 
-    from bnp_cxr.manifest import load_manifest
+    from bnp_cxr.data.manifest import load_manifest
 
     manifest_path, labs_path = args.manifest, args.labs
     if manifest_path is None:
         manifest_path, labs_path = phantom_manifest(args.cohort, workers=2)
     manifest = load_manifest(manifest_path, labs_path)
     # Only rows that decode: rejects would make the floor and ours do different work.
-    from bnp_cxr import imaging
+    from bnp_cxr.data import imaging
 
     rows = []
     for row in manifest.rows:

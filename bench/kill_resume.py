@@ -70,7 +70,7 @@ def records_command(manifest: Path, labs: Path | None, out_dir: Path, sizes: tup
 def reference_records(manifest: Path, labs: Path | None, out_dir: Path, sizes: tuple[int, ...], shard_size: int,
                       salt: str) -> float:
     """An uninterrupted in-process run (1 worker); returns the mean seconds between its group markers."""
-    from bnp_cxr.manifest import ManifestConfig, load_manifest
+    from bnp_cxr.data.manifest import ManifestConfig, load_manifest
     from bnp_cxr.records.writer import PROGRESS_DIR, IngestConfig, write_records
 
     write_records(load_manifest(manifest, labs, ManifestConfig(salt=salt)), out_dir,

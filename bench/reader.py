@@ -62,7 +62,7 @@ def main() -> None:
 
     import tensorflow as tf  # noqa: F401
 
-    from bnp_cxr.manifest import load_manifest
+    from bnp_cxr.data.manifest import load_manifest
     from bnp_cxr.records.reader import list_shards, make_dataset
     from bnp_cxr.records.writer import IngestConfig, write_records
 

@@ -1,6 +1,6 @@
 """Does the unchanged pipeline learn from real radiographs? Shenzhen TB set with stand-in labs.
 
-Shenzhen manifest (bnp_cxr.realdata: tb=1 -> BNPP 2000 / BNP 500 pg/mL, tb=0 -> 100 / 30; a pipeline
+Shenzhen manifest (bnp_cxr.data.sources.shenzhen: tb=1 -> BNPP 2000 / BNP 500 pg/mL, tb=0 -> 100 / 30; a pipeline
 check, not a BNP model) -> records (write_records) -> train (bnp_cxr.training.train, small_cnn from
 scratch) -> evaluate_run on the test split. Reports test AUC (BNPP > 400, combined) with
 patient-bootstrap 95% CIs per seed. The data stay in ../shared/data; work/shenzhen holds a symlink,
@@ -30,8 +30,8 @@ METRICS = ("auc_bnpp_gt_400", "auc_combined", "pearson_r_log10_bnpp", "mae_log10
 
 def ensure_records(data_dir: Path, work_dir: Path, size: int, workers: int) -> Path:
     """Manifest (symlinked data) and records at `size` under work_dir; complete records are reused."""
-    from bnp_cxr.manifest import load_manifest
-    from bnp_cxr.realdata import write_shenzhen_manifest
+    from bnp_cxr.data.manifest import load_manifest
+    from bnp_cxr.data.sources.shenzhen import write_shenzhen_manifest
     from bnp_cxr.records.writer import IngestConfig, write_records
 
     manifest = load_manifest(write_shenzhen_manifest(data_dir, work_dir / "input"))
@@ -43,7 +43,7 @@ def ensure_records(data_dir: Path, work_dir: Path, size: int, workers: int) -> P
 def run_seed(records: Path, run_dir: Path, size: int, epochs: int, seed: int, batch_size: int,
              n_boot: int) -> dict:
     """Train one run from scratch and evaluate it on the test split; one result row."""
-    from bnp_cxr.evaluation import evaluate_run
+    from bnp_cxr.evaluation.evaluate import evaluate_run
     from bnp_cxr.training import make_config, train
 
     if run_dir.exists():  # a benchmark run always starts from scratch

@@ -31,8 +31,8 @@ STAGES = ("segmentation_s", "ig_s", "ranking_s", "total_s")
 
 def phantom_images(cohort_dir: Path, count: int, size: int) -> list[np.ndarray]:
     """The first `count` test-split phantom radiographs as model inputs float32 [size, size, 1] in [0, 1]."""
-    from bnp_cxr import imaging
-    from bnp_cxr.manifest import load_manifest
+    from bnp_cxr.data import imaging
+    from bnp_cxr.data.manifest import load_manifest
     from bnp_cxr.records.prepare import letterbox_geometry, model_image
 
     manifest = load_manifest(*phantom_manifest(cohort_dir, workers=2))

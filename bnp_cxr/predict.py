@@ -3,7 +3,7 @@
 An image goes through exactly the records' preparation (bnp_cxr.records.prepare.model_image: read in
 display convention, intensity window, letterbox, uint16 quantisation), so a prediction here equals
 the model's prediction on the same image's record. Output files are named by a pseudonymous key of
-the input path (bnp_cxr.privacy), never by the path itself, which may carry a patient's name.
+the input path (bnp_cxr.data.privacy), never by the path itself, which may carry a patient's name.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from bnp_cxr.labs import PositivityThresholds, combined_positivity
+from bnp_cxr.data.labs import PositivityThresholds, combined_positivity
+from bnp_cxr.workspace import RunDir
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Rejected:
 
 def model_input(path: str | os.PathLike, size: int, *, allow_lateral: bool = False) -> tuple[np.ndarray, tuple]:
     """float32 [size, size, 1] in [0, 1] and its content box, prepared as the records are."""
-    from bnp_cxr.imaging import read_radiograph
+    from bnp_cxr.data.imaging import read_radiograph
     from bnp_cxr.records.prepare import letterbox_geometry, model_image
 
     pixels = read_radiograph(path, allow_lateral=allow_lateral).pixels
@@ -64,13 +65,13 @@ def predict_images(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike
     """Predict each image with the run's model and write an overlay PNG per image; bad inputs are rejected."""
     from bnp_cxr.attribution.callbacks import ModelGradients
     from bnp_cxr.attribution.methods import MethodConfig, attribution_maps
-    from bnp_cxr.evaluation import load_run_model, read_run_config
-    from bnp_cxr.imaging import RadiographError
-    from bnp_cxr.panels import overlay_image
-    from bnp_cxr.privacy import pseudonymize, resolve_salt
+    from bnp_cxr.evaluation.evaluate import load_run_model, read_run_config
+    from bnp_cxr.data.imaging import RadiographError
+    from bnp_cxr.attribution.panels import overlay_image
+    from bnp_cxr.data.privacy import pseudonymize, resolve_salt
 
     size = int(read_run_config(run_dir)["size"])
-    model = load_run_model(Path(run_dir) / "model.keras")
+    model = load_run_model(RunDir(run_dir).model)
     gradients = ModelGradients(model, target)
     lungs = None
     if lung_model:

@@ -13,7 +13,7 @@ def heart_records(root: Path, out: Path, split_sizes: dict[str, int], sizes: tup
                   severities: Callable[[np.random.Generator, int], np.ndarray],
                   bnp_on: Callable[[int], bool], bnpp_on: Callable[[int], bool], seed: int) -> Path:
     """Write 96 x 80 PNGs (one patient each, explicit splits) and their records at `sizes`; returns `out`."""
-    from bnp_cxr.manifest import load_manifest
+    from bnp_cxr.data.manifest import load_manifest
     from bnp_cxr.records.writer import IngestConfig, write_records
 
     rng = np.random.default_rng(seed)

@@ -1,6 +1,7 @@
 """tools/attribute.py and tools/predict.py end to end on a small phantom cohort with tiny models."""
 
 import json
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,7 @@ N_IMAGES = 3
 
 
 def load_tool(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"bnp_cxr.cli.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +22,7 @@ def cohort(tmp_path_factory):
     """A small phantom cohort, its records at SIZES and an untrained small CNN run per size."""
     import keras
 
-    from bnp_cxr.manifest import load_manifest
+    from bnp_cxr.data.manifest import load_manifest
     from bnp_cxr.models import build_model
     from bnp_cxr.phantom import CohortConfig, generate_cohort
     from bnp_cxr.records.writer import IngestConfig, write_records
@@ -125,8 +121,8 @@ def test_attribute_rejects_bad_shard_syntax(capsys):
 def test_predict_matches_the_records_and_rejects_bad_files(cohort, tmp_path, capsys):
     """A prediction from the image file equals the model's output on that image's record."""
     from bnp_cxr.attribution.sample import load_sample, record_image_ids
-    from bnp_cxr.evaluation import load_run_model
-    from bnp_cxr.manifest import load_manifest
+    from bnp_cxr.evaluation.evaluate import load_run_model
+    from bnp_cxr.data.manifest import load_manifest
     from bnp_cxr.predict import model_input
 
     manifest = load_manifest(cohort / "cohort" / "manifest.csv", cohort / "cohort" / "labs.csv")

@@ -16,7 +16,7 @@ import pytest
 
 from bad_inputs import (CASES, CRASH_NAME, WRITTEN, build_corpus, build_labs_corpus, image, prepare_or_crash,
                         square_or_exit)
-from bnp_cxr.manifest import ManifestConfig, load_manifest
+from bnp_cxr.data.manifest import ManifestConfig, load_manifest
 from bnp_cxr.records.prepare import prepare_row
 from bnp_cxr.records.writer import PROGRESS_DIR, IngestConfig, ordered_map, plan_shards, write_records
 

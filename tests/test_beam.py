@@ -5,7 +5,7 @@ when it does not hand them to Prism (which first downloads a binary, so it is no
 """
 
 import dataclasses
-import importlib.util
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("apache_beam", reason="the beam extra is not installed (pip install -e '.[beam]')")
 
-from bnp_cxr.manifest import load_manifest  # noqa: E402
+from bnp_cxr.data.manifest import load_manifest  # noqa: E402
 from bnp_cxr.records.beam import pipeline_options, write_records_beam  # noqa: E402
 from bnp_cxr.records.writer import PROGRESS_DIR, IngestConfig, write_records  # noqa: E402
 from test_make_tfrecords import phantom  # noqa: E402,F401 - the small phantom cohort fixture
@@ -28,10 +28,7 @@ RUN_FACTS = ("elapsed_s", "workers", "runner")  # how a run went, not what it wr
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("make_tfrecords_tool", ROOT / "tools" / "make_tfrecords.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("bnp_cxr.cli.make_tfrecords")
 
 
 def config(**overrides) -> IngestConfig:

@@ -31,7 +31,7 @@ def file_bytes(folder: Path) -> dict[str, bytes]:
 
 def write(cohort: Path, out: Path) -> Path:
     """Records of a cohort in this process, one worker."""
-    from bnp_cxr.manifest import ManifestConfig, load_manifest
+    from bnp_cxr.data.manifest import ManifestConfig, load_manifest
     from bnp_cxr.records.writer import IngestConfig, write_records
 
     manifest = load_manifest(cohort / "manifest.csv", cohort / "labs.csv", ManifestConfig(salt=SALT))
@@ -85,7 +85,7 @@ def test_other_seed_gives_other_images_and_labs(cohorts):
 
 
 def test_same_seed_gives_same_splits(cohorts, records):
-    from bnp_cxr.manifest import ManifestConfig, load_manifest
+    from bnp_cxr.data.manifest import ManifestConfig, load_manifest
 
     def splits(cohort: Path) -> list[tuple[str, str, str]]:
         rows = load_manifest(cohort / "manifest.csv", cohort / "labs.csv", ManifestConfig(salt=SALT)).rows

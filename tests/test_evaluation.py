@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnp_cxr import evaluation, metrics
-from bnp_cxr.manifest import load_manifest
+from bnp_cxr.evaluation import evaluate as evaluation
+from bnp_cxr.evaluation import metrics
+from bnp_cxr.data.manifest import load_manifest
 from bnp_cxr.records.writer import IngestConfig, write_records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,11 +165,8 @@ def test_cli_prints_table_and_writes_files(records, run_dir, tmp_path):
     (["--run-dir", "{run}", "--n-boot", "10"], "n_boot"),
 ])
 def test_cli_errors_are_one_line(argv, message, run_dir, tmp_path, capsys):
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import evaluate as cli
-    finally:
-        sys.path.remove(str(REPO / "tools"))
+    from bnp_cxr.cli import evaluate as cli
+
     argv = [arg.format(missing=tmp_path / "nothing", run=run_dir) for arg in argv]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err

@@ -9,8 +9,8 @@ import pytest
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from bnp_cxr import imaging
-from bnp_cxr.imaging import RadiographError, read_radiograph
+from bnp_cxr.data import imaging
+from bnp_cxr.data.imaging import RadiographError, read_radiograph
 from imaging_cases import (BASIC_TEXT_SR_STORAGE, STORED_MAX, dicom_dataset, implicit_syntax_name, jpegls_near,
                            pydicom_file, raw_pixels, shared_dicom, stored_image, write_dicom)
 

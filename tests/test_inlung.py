@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnp_cxr import study
-from bnp_cxr.inlung import (IN_LUNG_KEYS, aggregate_in_lung, ci_entry, component_fractions, content_mask,
+from bnp_cxr.evaluation import study
+from bnp_cxr.attribution.inlung import (IN_LUNG_KEYS, aggregate_in_lung, ci_entry, component_fractions, content_mask,
                             in_lung_metrics, plot_in_lung_trend, study_columns, top_count, top_weights,
                             undefined_reason)
-from bnp_cxr.records.schema import COMPONENT_BITS
+from bnp_cxr.workspace import COMPONENT_BITS
 
 SIZE = 20
 

@@ -6,8 +6,8 @@ from datetime import datetime
 import pandas as pd
 import pytest
 
-from bnp_cxr import labs
-from bnp_cxr.labs import LEFT_CENSORED, NEGATIVE, POSITIVE, RIGHT_CENSORED, UNCENSORED, UNKNOWN
+from bnp_cxr.data import labs
+from bnp_cxr.data.labs import LEFT_CENSORED, NEGATIVE, POSITIVE, RIGHT_CENSORED, UNCENSORED, UNKNOWN
 
 
 @pytest.mark.parametrize("text, value, flag", [

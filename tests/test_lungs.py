@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bnp_cxr import lungs
-from bnp_cxr.imaging import REJECT_REASONS, RadiographError, read_radiograph
+from bnp_cxr.data.imaging import REJECT_REASONS, RadiographError, read_radiograph
 from bnp_cxr.records.prepare import prepare_row
 from bnp_cxr.records.schema import UINT16_MAX
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnp_cxr.manifest import load_manifest
+from bnp_cxr.data.manifest import load_manifest
 from bnp_cxr.records.writer import IngestConfig, write_records
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from collections import defaultdict
 
 import pytest
 
-from bnp_cxr.manifest import ManifestConfig, ManifestError, SplitConfig, load_manifest
+from bnp_cxr.data.manifest import ManifestConfig, ManifestError, SplitConfig, load_manifest
 
 HEADER = "patient_id,image_path,study_datetime,bnp,bnpp,view,split\n"
 

@@ -8,8 +8,8 @@ import pytest
 from scipy.stats import pearsonr
 from sklearn.metrics import roc_auc_score
 
-from bnp_cxr import metrics
-from bnp_cxr.labs import LEFT_CENSORED, RIGHT_CENSORED, UNCENSORED, PositivityThresholds
+from bnp_cxr.evaluation import metrics
+from bnp_cxr.data.labs import LEFT_CENSORED, RIGHT_CENSORED, UNCENSORED, PositivityThresholds
 
 LOG400, LOG100 = math.log10(400), math.log10(100)
 
@@ -223,7 +223,7 @@ def test_a_site_measuring_only_one_test_gets_undefined_metrics_for_the_other(mis
     """Many sites measure only NT-proBNP (or only BNP): the other test's metrics are null, nothing crashes."""
     import warnings
 
-    from bnp_cxr import figures
+    from bnp_cxr.evaluation import plots as figures
 
     rng = np.random.default_rng(3)
     n = 60

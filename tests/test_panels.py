@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from matplotlib.text import Text
 
-from bnp_cxr.panels import (FONT_PT, PANEL_WIDTH_IN, attribution_panel, normalised, overlay_image, overlay_rgb,
+from bnp_cxr.attribution.panels import (FONT_PT, PANEL_WIDTH_IN, attribution_panel, normalised, overlay_image, overlay_rgb,
                             panel_figure)
 
 SIZES = (32, 64)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from bnp_cxr.phantom.plan import BAD_DATETIME_TEXT, DEFECTS, plan_cohort
 from bnp_cxr.phantom.render import StudySpec, render_study
 
 try:
-    from bnp_cxr.imaging import RadiographError, read_radiograph
+    from bnp_cxr.data.imaging import RadiographError, read_radiograph
 except ImportError:  # the reader is optional here: fall back to the phantom's own pydicom decode
     RadiographError, read_radiograph = None, None
 
@@ -107,7 +106,7 @@ def test_manifest_and_labs_schema(cohort):
     assert all("P" not in Path(row["image_path"]).name.upper().replace("IM", "") for row in rows)
     columns, labs = read_csv(cohort / "labs.csv")
     assert tuple(columns) == LABS_COLUMNS
-    from bnp_cxr.labs import parse_datetime, parse_lab_value
+    from bnp_cxr.data.labs import parse_datetime, parse_lab_value
 
     assert {row["test"] for row in labs} == {"BNP", "BNPP"}
     for row in labs:
@@ -131,7 +130,7 @@ def test_truth_table_rows_and_columns(cohort, truth):
 
 
 def test_pipeline_rejects_match_planted_defects(cohort, summary):
-    from bnp_cxr.manifest import load_manifest
+    from bnp_cxr.data.manifest import load_manifest
 
     manifest = load_manifest(cohort / "manifest.csv", cohort / "labs.csv")
     got = {(r.row, r.reason, r.column) for r in manifest.rejects if r.stage == "manifest"}
@@ -160,7 +159,7 @@ def test_planted_defect_present(cohort, summary, kind):
     elif kind == "lateral_manifest_view":
         assert row["view"] == "LATERAL"
     elif kind == "bad_study_datetime":
-        from bnp_cxr.labs import LabValueError, parse_datetime
+        from bnp_cxr.data.labs import LabValueError, parse_datetime
 
         with pytest.raises(LabValueError):
             parse_datetime(row["study_datetime"])
@@ -325,11 +324,8 @@ def test_small_config_and_validation():
 
 
 def test_cli_small(tmp_path, capsys):
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import make_phantom
-    finally:
-        sys.path.pop(0)
+    from bnp_cxr.cli import make_phantom
+
     assert make_phantom.main(["--small", "--out", str(tmp_path / "cli"), "--seed", "2", "--no-progress"]) == 0
     assert "contact_sheet.png" in capsys.readouterr().out
     assert json.loads((tmp_path / "cli" / "cohort.json").read_text(encoding="utf-8"))["config"]["seed"] == 2

@@ -144,7 +144,7 @@ def test_no_identifier_in_any_output(archive, outputs):
 def test_records_carry_the_salted_pseudonym_of_each_written_patient(archive, outputs):
     import tensorflow as tf
 
-    from bnp_cxr.privacy import DEMO_SALT, pseudonymize
+    from bnp_cxr.data.privacy import DEMO_SALT, pseudonymize
     from bnp_cxr.records.schema import parse_example
 
     seen = {parse_example(raw)["patient_id"].numpy().decode()
@@ -159,7 +159,7 @@ def test_records_carry_the_salted_pseudonym_of_each_written_patient(archive, out
 
 @pytest.fixture
 def no_salt_env(monkeypatch):
-    from bnp_cxr.privacy import SALT_ENV, SALT_FILE_ENV
+    from bnp_cxr.data.privacy import SALT_ENV, SALT_FILE_ENV
 
     monkeypatch.delenv(SALT_ENV, raising=False)
     monkeypatch.delenv(SALT_FILE_ENV, raising=False)
@@ -168,7 +168,7 @@ def no_salt_env(monkeypatch):
 
 @pytest.mark.parametrize("source", ["env", "file", "explicit"])
 def test_salt_comes_from_the_user(no_salt_env, tmp_path, caplog, source):
-    from bnp_cxr.privacy import SALT_ENV, SALT_FILE_ENV, resolve_salt
+    from bnp_cxr.data.privacy import SALT_ENV, SALT_FILE_ENV, resolve_salt
 
     secret = f"site-secret-from-{source}"
     if source == "env":
@@ -176,21 +176,21 @@ def test_salt_comes_from_the_user(no_salt_env, tmp_path, caplog, source):
     elif source == "file":
         (tmp_path / "salt").write_text(secret + "\n", encoding="utf-8")
         no_salt_env.setenv(SALT_FILE_ENV, str(tmp_path / "salt"))
-    with caplog.at_level(logging.WARNING, logger="bnp_cxr.privacy"):
+    with caplog.at_level(logging.WARNING, logger="bnp_cxr.data.privacy"):
         assert resolve_salt(secret if source == "explicit" else None) == secret
     assert not caplog.records
 
 
 def test_demo_salt_warns(no_salt_env, caplog):
-    from bnp_cxr.privacy import DEMO_SALT, resolve_salt
+    from bnp_cxr.data.privacy import DEMO_SALT, resolve_salt
 
-    with caplog.at_level(logging.WARNING, logger="bnp_cxr.privacy"):
+    with caplog.at_level(logging.WARNING, logger="bnp_cxr.data.privacy"):
         assert resolve_salt() == DEMO_SALT
     assert any("demo salt" in record.getMessage() for record in caplog.records)
 
 
 def test_empty_salt_file_is_refused(no_salt_env, tmp_path):
-    from bnp_cxr.privacy import SALT_FILE_ENV, resolve_salt
+    from bnp_cxr.data.privacy import SALT_FILE_ENV, resolve_salt
 
     (tmp_path / "salt").write_text("\n")
     no_salt_env.setenv(SALT_FILE_ENV, str(tmp_path / "salt"))
@@ -199,14 +199,14 @@ def test_empty_salt_file_is_refused(no_salt_env, tmp_path):
 
 
 def _pseudonyms(archive) -> list[tuple[str, str]]:
-    from bnp_cxr.manifest import load_manifest
+    from bnp_cxr.data.manifest import load_manifest
 
     return [(row.patient_key, row.image_id) for row in load_manifest(archive.manifest, archive.labs).rows]
 
 
 @pytest.mark.parametrize("first, second, same", [("salt-A", "salt-A", True), ("salt-A", "salt-B", False)])
 def test_pseudonymous_ids_follow_the_salt(archive, no_salt_env, first, second, same):
-    from bnp_cxr.privacy import SALT_ENV
+    from bnp_cxr.data.privacy import SALT_ENV
 
     no_salt_env.setenv(SALT_ENV, first)
     ids_first = _pseudonyms(archive)

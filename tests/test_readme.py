@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from bnp_cxr.manifest import load_manifest
+from bnp_cxr.data.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,14 +49,12 @@ def readme_tool_commands() -> list[tuple[str, list[str]]]:
 
 def test_readme_tool_commands_parse():
     """Every documented tool command parses with the tool's own parser (Beam options pass through)."""
-    import importlib.util
+    import importlib
 
     commands = readme_tool_commands()
     assert {"make_tfrecords", "train", "attribute", "predict"} <= {name for name, _ in commands}
     for name, arguments in commands:
-        spec = importlib.util.spec_from_file_location(f"readme_{name}", ROOT / "tools" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = importlib.import_module(f"bnp_cxr.cli.{name}")
         parser = module.build_parser()
         parsed, unknown = parser.parse_known_args(arguments)
         if getattr(parsed, "runner", "local") != "local":  # make_tfrecords hands unknown flags to Beam

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bnp_cxr.manifest import load_manifest
+from bnp_cxr.data.manifest import load_manifest
 from bnp_cxr.records import prepare
 from bnp_cxr.records.schema import SHARD_PATTERN
 from bnp_cxr.records.writer import IngestConfig, write_records

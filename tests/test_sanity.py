@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import keras
@@ -183,7 +182,7 @@ def run_dir(tmp_path_factory):
     """A run folder (small_cnn at 64 px, the records' smallest size; untrained) with 5 test and 1 training images."""
     import cv2
 
-    from bnp_cxr.manifest import load_manifest
+    from bnp_cxr.data.manifest import load_manifest
     from bnp_cxr.records.writer import IngestConfig, write_records
 
     archive = tmp_path_factory.mktemp("archive")
@@ -206,11 +205,8 @@ def run_dir(tmp_path_factory):
 
 
 def load_cli():
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import sanity_check
-    finally:
-        sys.path.remove(str(REPO / "tools"))
+    from bnp_cxr.cli import sanity_check
+
     return sanity_check
 
 

@@ -1,4 +1,4 @@
-"""Public-dataset manifests (bnp_cxr.realdata) and the Shenzhen check: does the pipeline learn from real radiographs?"""
+"""Public-dataset manifests (bnp_cxr.data.sources.shenzhen) and the Shenzhen check: does the pipeline learn from real radiographs?"""
 
 import csv
 import json
@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from bnp_cxr.manifest import load_manifest
-from bnp_cxr.realdata import (MANIFEST_COLUMNS, SHENZHEN_STAND_IN_PG_ML, link_dataset, read_shenzhen_index,
+from bnp_cxr.data.manifest import load_manifest
+from bnp_cxr.data.sources.shenzhen import (MANIFEST_COLUMNS, SHENZHEN_STAND_IN_PG_ML, link_dataset, read_shenzhen_index,
                               write_shenzhen_manifest)
 
 REPO = Path(__file__).resolve().parents[1]

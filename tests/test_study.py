@@ -1,7 +1,6 @@
 """Resolution study: report tables and plot as pure functions, run planning and reuse, the CLI, end to end."""
 
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from archives import heart_records
-from bnp_cxr import study
+from bnp_cxr.evaluation import study
 from bnp_cxr.training import train
 from bnp_cxr.training.config import resolve
 from bnp_cxr.training.loop import MODEL_FILE, completed_epochs
@@ -237,10 +236,9 @@ def test_missing_records_and_the_command_to_write_them(tmp_path, present, sizes,
 
 @pytest.fixture(scope="module")
 def cli():
-    spec = importlib.util.spec_from_file_location("resolution_study_cli", ROOT / "tools" / "resolution_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from bnp_cxr.cli import resolution_study
+
+    return resolution_study
 
 
 def test_cli_passes_training_options_and_reuses_the_study(cli, finished, records, tmp_path, capsys):
@@ -266,7 +264,7 @@ def write_in_lung_table(path: Path, sizes) -> Path:
     """An in_lung.csv as tools/attribute.py writes it, from per-image fractions that grow with size."""
     import pandas as pd
 
-    from bnp_cxr.inlung import aggregate_in_lung
+    from bnp_cxr.attribution.inlung import aggregate_in_lung
 
     rng = np.random.default_rng(0)
     rows = [{"method": method, "size": size, "patient_id": f"p{image}", "image_id": f"i{image}",

@@ -20,6 +20,7 @@ import pandas as pd
 from bnp_cxr.attribution.methods import METHODS, MethodConfig
 from bnp_cxr.attribution.sample import SampleImage, choose_sample, load_sample, record_image_ids, shard_slice
 from bnp_cxr.files import atomic_path, write_json
+from bnp_cxr.workspace import RECORDS_DIR, RunDir
 
 PER_IMAGE = "in_lung_per_image.csv"
 AGGREGATE = "in_lung.csv"
@@ -69,15 +70,15 @@ def find_runs(runs_root: str | os.PathLike) -> list[Path]:
     root = Path(runs_root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder of training runs (tools/train.py writes them)")
-    return sorted(p for p in root.iterdir() if (p / "model.keras").is_file() and (p / "config.json").is_file())
+    return sorted(p for p in root.iterdir() if RunDir(p).is_trained())
 
 
 def run_info(run_dir: str | os.PathLike, records_dir: str | os.PathLike | None = None) -> RunInfo:
     """Name, size and records folder of a run (records_dir overrides the run's config)."""
-    from bnp_cxr.evaluation import read_run_config
+    from bnp_cxr.evaluation.evaluate import read_run_config
 
     config = read_run_config(run_dir)
-    records = Path(records_dir or config.get("records_dir") or "work/records")
+    records = Path(records_dir or config.get("records_dir") or RECORDS_DIR)
     return RunInfo(Path(run_dir), Path(run_dir).name, int(config["size"]), records)
 
 
@@ -124,7 +125,7 @@ def image_rows(info: RunInfo, method: str, images: Sequence[SampleImage], maps: 
                predictions: np.ndarray, masks: Sequence[np.ndarray | None], sources: Sequence[str],
                config: AttributionConfig) -> list[dict]:
     """One table row per image: identifiers, prediction and in-lung attention of its map."""
-    from bnp_cxr.inlung import component_fractions, in_lung_metrics
+    from bnp_cxr.attribution.inlung import component_fractions, in_lung_metrics
 
     rows = []
     for image, attribution, prediction, mask, source in zip(images, maps, predictions, masks, sources):
@@ -161,9 +162,9 @@ def explain_run(info: RunInfo, image_ids: Sequence[str], out_dir: Path, config: 
 
     from bnp_cxr.attribution.callbacks import ModelGradients
     from bnp_cxr.attribution.methods import attribution_maps
-    from bnp_cxr.evaluation import load_run_model
+    from bnp_cxr.evaluation.evaluate import load_run_model
 
-    model = load_run_model(info.path / "model.keras")
+    model = load_run_model(RunDir(info.path).model)
     gradients = ModelGradients(model, config.target, config.method.conv_layer)
     images = load_sample(info.records_dir, config.split, info.size, image_ids)
     batch = np.stack([image.image for image in images])
@@ -247,7 +248,7 @@ def merge(out_dir: str | os.PathLike, config: AttributionConfig | None = None) -
 
 def finalize(out: Path, config: AttributionConfig, table: pd.DataFrame) -> dict:
     """Aggregate table, trend plot and panels from the per-image table and the saved maps."""
-    from bnp_cxr.inlung import aggregate_in_lung, plot_in_lung_trend
+    from bnp_cxr.attribution.inlung import aggregate_in_lung, plot_in_lung_trend
 
     table = order_rows(table, config)
     write_csv(table, out / PER_IMAGE)
@@ -272,7 +273,7 @@ def order_rows(table: pd.DataFrame, config: AttributionConfig) -> pd.DataFrame:
 
 def draw_panels(out: Path, table: pd.DataFrame, config: AttributionConfig) -> list[Path]:
     """One panel per sampled image: sizes as columns, methods as rows, from the saved maps."""
-    from bnp_cxr.panels import attribution_panel
+    from bnp_cxr.attribution.panels import attribution_panel
 
     paths: list[Path] = []
     runs = table[["run", "size"]].drop_duplicates().sort_values("size")

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from bnp_cxr.privacy import unit_interval_hash
+from bnp_cxr.data.privacy import unit_interval_hash
 from bnp_cxr.records.reader import list_shards
 
 

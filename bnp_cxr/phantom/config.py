@@ -9,14 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-# Bits of the component bitmask PNG (components/*.png); the records writer documents the same table.
-COMPONENT_BITS: dict[str, int] = {
-    "lung_opacity": 1,
-    "kerley_lines": 2,
-    "heart": 4,
-    "effusion": 8,
-    "confounder": 16,
-}
+# COMPONENT_BITS (the bits of components/*.png) is public here too.
+from bnp_cxr.workspace import BNP_THRESHOLD_PG_ML, BNPP_THRESHOLD_PG_ML, COMPONENT_BITS  # noqa: F401
+
 
 COMPONENT_DESCRIPTIONS: dict[str, str] = {
     "lung_opacity": "diffuse perihilar and basal airspace opacity inside the lungs (coarse: visible at 64 px)",
@@ -59,8 +54,8 @@ class CohortConfig:
     lab_noise_corr: float = 0.75
     bnpp_assay_range_pg_ml: tuple[float, float] = (50.0, 35000.0)
     bnp_assay_range_pg_ml: tuple[float, float] = (10.0, 5000.0)
-    bnpp_threshold_pg_ml: float = 400.0
-    bnp_threshold_pg_ml: float = 100.0
+    bnpp_threshold_pg_ml: float = BNPP_THRESHOLD_PG_ML
+    bnp_threshold_pg_ml: float = BNP_THRESHOLD_PG_ML
 
     # Which tests a study has: both, BNPP only, BNP only (the rest: none).
     p_tests_both: float = 0.35

@@ -16,7 +16,7 @@ TILE_WIDTH_PX = 256
 def _display_pixels(path: Path) -> np.ndarray:
     """Decode with the project reader when present (it is what training sees), else with pydicom."""
     try:
-        from bnp_cxr.imaging import read_radiograph
+        from bnp_cxr.data.imaging import read_radiograph
     except ImportError:
         from bnp_cxr.phantom.dicomio import read_display
 

@@ -25,7 +25,7 @@ NON_ASCII_NAMES = (
 )
 LAB_TESTS = ("BNPP", "BNP")
 
-# Planted defects and the reject the pipeline should give (bnp_cxr.manifest / bnp_cxr.imaging codes).
+# Planted defects and the reject the pipeline should give (bnp_cxr.data.manifest / bnp_cxr.data.imaging codes).
 DEFECTS = {
     "truncated_dicom": {"stage": "image", "reason": "undecodable_pixels", "column": "image_path"},
     "lateral_dicom": {"stage": "image", "reason": "lateral_view", "column": "image_path"},

@@ -30,7 +30,7 @@ import uuid
 from operator import itemgetter
 from typing import Callable, Iterable, Sequence
 
-from bnp_cxr.manifest import ImageRow, Manifest, Reject
+from bnp_cxr.data.manifest import ImageRow, Manifest, Reject
 from bnp_cxr.records.prepare import Failure, Prepared
 from bnp_cxr.records.schema import SHARD_PATTERN, serialize_example, shard_name
 from bnp_cxr.records.writer import (PROGRESS_DIR, REJECT_FIELDS, IngestConfig, ShardGroup, _all_rejects,

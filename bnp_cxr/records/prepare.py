@@ -3,7 +3,7 @@
 Aspect policy: letterbox. The long side is resized to the target size with OpenCV INTER_AREA (area
 averaging, the right filter for downsampling), and the short side is padded symmetrically with
 black (0 after windowing: air), so anatomy is never stretched. The intensity window is computed once
-on the full-resolution image (bnp_cxr.imaging.intensity_window) and applied after resizing.
+on the full-resolution image (bnp_cxr.data.imaging.intensity_window) and applied after resizing.
 Masks follow the same geometry; a mask pixel is set where at least half of its area was set.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from bnp_cxr import imaging
+from bnp_cxr.data import imaging
 from bnp_cxr.records.schema import UINT16_MAX, RecordImage
 
 

@@ -15,8 +15,6 @@ import numpy as np
 SCHEMA_VERSION = 1
 UINT16_MAX = 65535
 SHARD_PATTERN = re.compile(r"^(?P<split>train|val|test)-(?P<size>\d+)px-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord$")
-# Phantom truth-component bits of the component mask (bnp_cxr.phantom writes them).
-COMPONENT_BITS = {"lung_opacity": 1, "kerley_lines": 2, "heart": 4, "effusion": 8, "confounder": 16}
 
 
 def shard_name(split: str, size: int, index: int, count: int) -> str:

@@ -35,12 +35,11 @@ from typing import Callable, Iterable, Iterator
 
 from bnp_cxr import __version__
 from bnp_cxr.files import atomic_path, write_json
-from bnp_cxr.manifest import ImageRow, Manifest, Reject
+from bnp_cxr.data.manifest import ImageRow, Manifest, Reject
 from bnp_cxr.records.prepare import Failure, Prepared, prepare_row
+from bnp_cxr.workspace import DEFAULT_SIZES
 from bnp_cxr.records.schema import SCHEMA_VERSION, SHARD_PATTERN, serialize_example, shard_name
 
-PAPER_SIZES = (64, 128, 256, 512, 1024)
-DEFAULT_SIZES = (64, 128, 256)
 MIN_SIZE, MAX_SIZE = 64, 1024
 PROGRESS_DIR = ".progress"
 REJECT_FIELDS = ("source", "row", "image_path", "stage", "reason", "column", "detail")

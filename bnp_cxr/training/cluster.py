@@ -13,9 +13,10 @@ import hashlib
 import json
 import math
 
+from bnp_cxr.workspace import RunDir
 from bnp_cxr.training.config import IDENTITY_FIELDS, TrainConfig
 
-BACKUP_DIR = "backup"
+BACKUP_DIR = RunDir.BACKUP
 
 
 def strategy_kind(tf_config: str | None, n_gpus: int) -> str:

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bnp_cxr.models import BACKBONES
+from bnp_cxr.workspace import RECORDS_DIR, RUNS_DIR, RunDir
 
-DEFAULT_RECORDS = "work/records"
-DEFAULT_RUNS = "work/runs"
+DEFAULT_RECORDS = str(RECORDS_DIR)
+DEFAULT_RUNS = str(RUNS_DIR)
 SCHEDULES = ("constant", "cosine")
 MIXED_PRECISION = ("auto", "on", "off", "bfloat16")
 # Keras dtype policies: "on" is float16 compute with dynamic loss scaling (Keras wraps the optimizer in a
@@ -20,7 +21,7 @@ MIXED_PRECISION = ("auto", "on", "off", "bfloat16")
 # CPUs with AVX512_BF16 / AMX).
 POLICIES = {"on": "mixed_float16", "bfloat16": "mixed_bfloat16", "off": "float32"}
 CPU_BACKBONE, GPU_BACKBONE = "small_cnn", "resnet152"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = RunDir.CONFIG
 
 # Huynh et al. (MIDL 2022): ImageNet ResNet152, L1 on log10 labels, Adam, their patient split (here: the
 # records' split). The abstract gives no learning rate; 1e-4 is the usual Adam rate for fine-tuning.

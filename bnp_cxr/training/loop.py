@@ -29,10 +29,10 @@ from typing import Any, Callable, Sequence
 from bnp_cxr.files import atomic_path, write_json
 from bnp_cxr.training.cluster import (BACKUP_DIR, agree, backup_name, make_strategy, patch_keras_for_multi_worker,
                                       settings_digest, strategy_kind, worker_count, worker_role)
+from bnp_cxr.workspace import SPLITS, RunDir
 from bnp_cxr.training.config import CONFIG_FILE, TrainConfig, dtype_policy, gpus_visible, identity_mismatches, resolve
 
-SPLITS = ("train", "val", "test")
-MODEL_FILE, HISTORY_FILE, LOG_DIR = "model.keras", "history.csv", "logs"
+MODEL_FILE, HISTORY_FILE, LOG_DIR = RunDir.MODEL, RunDir.HISTORY, RunDir.LOGS
 __all__ = ["BACKUP_DIR", "HISTORY_FILE", "LOG_DIR", "MODEL_FILE", "TrainResult", "completed_epochs", "count_records",
            "data_fingerprint", "learning_rate", "read_history", "strategy_kind", "tensorboard_available", "train"]
 

@@ -11,7 +11,7 @@ import math
 import keras
 from keras import ops
 
-from bnp_cxr.labs import PositivityThresholds
+from bnp_cxr.data.labs import PositivityThresholds
 
 OUTPUTS = ("bnp", "bnpp")  # column order of targets and predictions
 # The records' positivity thresholds in pg/mL (BNP > 100, NT-proBNP > 400).

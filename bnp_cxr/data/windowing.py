@@ -1,6 +1,6 @@
 """Intensity windowing: strided-percentile window of a full-resolution image, applied separately to [0, 1].
 
-Split from bnp_cxr.imaging (which re-exports these names) so the windowing step can be applied after resizing
+Split from bnp_cxr.data.imaging (which re-exports these names) so the windowing step can be applied after resizing
 without the reader: the records writer picks the window on the full-resolution image and applies it per size.
 """
 

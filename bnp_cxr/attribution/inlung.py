@@ -28,15 +28,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnp_cxr.metrics import MIN_BOOT, cluster_counts
-from bnp_cxr.records.schema import COMPONENT_BITS
+from bnp_cxr.evaluation.metrics import MIN_BOOT, cluster_counts
+from bnp_cxr.workspace import COMPONENT_BITS, PAPER_SIZES
 
 IN_LUNG_KEYS = ("mass_in_lung_fraction", "top_in_lung_fraction", "lung_area_fraction", "mass_ratio", "top_ratio")
 ID_COLUMNS = ("image_id", "patient_id", "method", "size")
 METHOD_LABELS = {"vanilla": "Gradient", "gradcam": "Grad-CAM", "xrai": "XRAI"}
 METRIC_LABELS = {"mass_in_lung_fraction": "positive attribution mass in the lungs",
                  "top_in_lung_fraction": "top-{top:.0%} pixels in the lungs"}
-PAPER_SIZES = (64, 128, 256, 512, 1024)
 CHANCE_METRIC = "lung_area_fraction"
 # Matplotlib stamps its version and a date into files; figures carry nothing but the plot.
 NO_METADATA = {".png": {"Software": None}, ".pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
@@ -168,7 +167,7 @@ def aggregate_in_lung(frame: pd.DataFrame, *, metrics: Sequence[str] | None = No
     """One row per method x size: n_images, n_patients, and per metric the mean over images with a
     patient-level percentile bootstrap CI (<metric>, <metric>_lo, <metric>_hi) and <metric>_n.
 
-    Patients are resampled with replacement, each bringing all its images (bnp_cxr.metrics.cluster_counts,
+    Patients are resampled with replacement, each bringing all its images (bnp_cxr.evaluation.metrics.cluster_counts,
     the evaluation's bootstrap), and the mean is taken over the drawn images with a finite value (NaN:
     undefined for that image, e.g. an absent component). Every group uses the same seed, so methods
     at one size see the same patient draws when they cover the same patients.
@@ -205,7 +204,7 @@ def aggregate_in_lung(frame: pd.DataFrame, *, metrics: Sequence[str] | None = No
 
 def study_columns(aggregate: pd.DataFrame, *,
                   metrics: Sequence[str] = ("mass_in_lung_fraction",)) -> dict[int, dict[str, dict]]:
-    """Extra columns for bnp_cxr.study's report (`extra=`): {size: {column: {estimate, ci_low, ci_high}}}.
+    """Extra columns for bnp_cxr.evaluation.study's report (`extra=`): {size: {column: {estimate, ci_low, ci_high}}}.
 
     One column per method and metric, then the chance level (lung area fraction), read from the first
     method's row at that size: every method is scored on the same images, so they share it.

@@ -13,8 +13,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from bnp_cxr.labs import PositivityThresholds
-from bnp_cxr.metrics import binary_tasks
+from bnp_cxr.data.labs import PositivityThresholds
+from bnp_cxr.evaluation.metrics import binary_tasks
 
 COLORS = {"bnpp": "#1f5fa8", "bnp": "#d2691e", "combined": "#2e8b57"}
 # Combined is dashed and drawn last: when it coincides with a single-test curve, both stay visible.

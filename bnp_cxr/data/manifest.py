@@ -21,15 +21,14 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from bnp_cxr import labs as labs_mod
-from bnp_cxr.labs import LabValueError, PositivityThresholds
-from bnp_cxr.privacy import pseudonymize, resolve_salt, unit_interval_hash
+from bnp_cxr.data import labs as labs_mod
+from bnp_cxr.data.labs import LabValueError, PositivityThresholds
+from bnp_cxr.data.privacy import pseudonymize, resolve_salt, unit_interval_hash
+from bnp_cxr.workspace import LATERAL_VIEWS, SPLITS
 
 REQUIRED_COLUMNS = ("patient_id", "image_path", "study_datetime")
 LAB_COLUMNS = ("bnp", "bnpp")
 OPTIONAL_COLUMNS = ("lab_datetime", "view", "lung_mask_path", "component_mask_path", "split")
-SPLITS = ("train", "val", "test")
-LATERAL_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT"})
 FIRST_DATA_ROW = 2
 
 

@@ -2,7 +2,7 @@
 
 Huynh et al. (MIDL 2022) trained one model per input size from 64 to 1024 px and reported similar
 AUCs, with diminishing but positive gains as the size grows. `run_study` repeats that design with the
-training loop (bnp_cxr.training) and evaluation (bnp_cxr.evaluation) of this package; the report
+training loop (bnp_cxr.training) and evaluation (bnp_cxr.evaluation.evaluate) of this package; the report
 functions (`markdown_table`, `csv_rows`, `plot_study`, `write_report`) are pure functions over a list
 of per-size metrics.json dicts, so a later study can add columns through `extra` ({size: {column:
 value}}, a value being text, a number or a metric entry {estimate, ci_low, ci_high}).
@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from bnp_cxr.workspace import SPLITS, RunDir
+
 if TYPE_CHECKING:  # the report functions run without TensorFlow; training is imported where it is used
     from bnp_cxr.training.config import TrainConfig
 
 Extra = Mapping[int, Mapping[str, Any]]
-SPLITS = ("train", "val", "test")
 # (metrics.json key, markdown header, plot panel): the paper's headline numbers.
 TABLE_METRICS = (
     ("auc_combined", "AUC combined [95% CI]", "AUC"),
@@ -233,7 +234,7 @@ def plan_size(config: TrainConfig, n_boot: int) -> tuple[str, str]:
     if not model.is_file():
         raise ValueError(f"{run_dir} finished {done} epochs but has no {MODEL_FILE} (no finite val loss?); "
                          "pass --retrain")
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = RunDir(run_dir).metrics
     if metrics_path.is_file() and metrics_path.stat().st_mtime >= model.stat().st_mtime:
         metrics = json.loads(metrics_path.read_text())
         if (metrics.get("split"), metrics.get("bootstrap", {}).get("n_boot"), metrics.get("records_dir")) == (
@@ -255,7 +256,7 @@ def run_size(options: Mapping[str, Any], size: int, runs_root: str | Path, *, pr
              n_boot: int = 2000, retrain: bool = False, verbose: int = 1,
              log: Callable[[str], None] = print) -> SizeOutcome:
     """Train, resume, evaluate or reuse the run of one size (see plan_size); returns its test metrics."""
-    from bnp_cxr.evaluation import evaluate_run
+    from bnp_cxr.evaluation.evaluate import evaluate_run
     from bnp_cxr.training import resolve, train
     from bnp_cxr.training.config import CONFIG_FILE, gpus_visible
 
@@ -275,7 +276,7 @@ def run_size(options: Mapping[str, Any], size: int, runs_root: str | Path, *, pr
         if result.epochs_completed < result.config.epochs:
             raise RuntimeError(f"{run_dir} stopped after {result.epochs_completed} of {result.config.epochs} epochs")
     if action == "reuse":
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = json.loads(RunDir(run_dir).metrics.read_text())
     else:
         metrics = evaluate_run(run_dir, resolved.records_dir, split="test", n_boot=n_boot)
     saved = json.loads((run_dir / CONFIG_FILE).read_text())

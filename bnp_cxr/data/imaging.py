@@ -3,7 +3,7 @@
 Display convention: air and lungs dark, bone bright (higher value = brighter), as a MONOCHROME2 viewer shows it.
 Full bit depth is kept: `Radiograph.pixels` holds modality values (after the Modality LUT / rescale, and after the
 VOI LUT only when asked), not a normalised image. Windowing to [0, 1] is a separate, explicit step
-(`intensity_window` then `apply_window`, in bnp_cxr.windowing and re-exported here) so the records writer can
+(`intensity_window` then `apply_window`, in bnp_cxr.data.windowing and re-exported here) so the records writer can
 pick the window on the full-resolution image and apply it after resizing.
 """
 
@@ -21,14 +21,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom import pixels as dicom_pixels
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from bnp_cxr.windowing import apply_window, intensity_window, normalize_intensity  # noqa: F401 - public here too
+from bnp_cxr.workspace import LATERAL_VIEWS
+from bnp_cxr.data.windowing import apply_window, intensity_window, normalize_intensity  # noqa: F401 - public here too
 
 REJECT_REASONS = ("unreadable", "not_an_image", "no_pixel_data", "undecodable_pixels", "colour", "multi_frame",
                   "lateral_view", "empty_image", "absurd_dimensions", "unsupported_format",
                   "unsupported_transfer_syntax")
 
 # ViewPosition values (DICOM CID 4010 and common vendor spellings) that mean a lateral projection.
-LATERAL_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT"})
 MAX_SIDE_PX = 16384
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -21,7 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bnp_cxr import imaging
+from bnp_cxr.data import imaging
+from bnp_cxr.workspace import LATERAL_VIEWS
 from bnp_cxr.records.prepare import MaskError, MaskStack, letterbox, letterbox_geometry, read_mask
 
 PathLike = str | os.PathLike
@@ -135,7 +136,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
 
 def _row_problem(root: Path, row: dict, image_column: str, mask_column: str, seen: set[str]) -> tuple[str, str]:
     """(reason, detail) when a CSV row cannot be a training pair, else ("", "")."""
-    if row.get("view", "").strip().upper() in imaging.LATERAL_VIEWS:
+    if row.get("view", "").strip().upper() in LATERAL_VIEWS:
         return "lateral_view", f"view {row['view'].strip()!r}: lung masks are for frontal radiographs"
     for column in (image_column, mask_column):
         text = (row.get(column) or "").strip()

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.stats import pearsonr
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from bnp_cxr import labs
+from bnp_cxr.data import labs
 
 CHUNK_VALUES = 8_000_000  # bootstrap weights held at once (64 MB of float64): 2000 resamples x 4000 images
 MIN_BOOT = 1000  # percentile CIs need >= 1000 resamples for stable 2.5 / 97.5 % tails (Efron & Tibshirani 1993, ch. 13)
@@ -193,7 +193,7 @@ def _pg_ml(log10_values: np.ndarray) -> np.ndarray:
 
 
 def threshold_labels(true_log10: np.ndarray, censored: np.ndarray, threshold_pg_ml: float) -> np.ndarray:
-    """1 / 0 / -1 (unknown) per row: the lab above the threshold, by bnp_cxr.labs.test_positivity."""
+    """1 / 0 / -1 (unknown) per row: the lab above the threshold, by bnp_cxr.data.labs.test_positivity."""
     return np.array([labs.test_positivity(float(value), int(flag), threshold_pg_ml)
                      for value, flag in zip(_pg_ml(true_log10), censored)], dtype=np.int64)
 

@@ -23,7 +23,7 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from skimage.measure import find_contours
 
-from bnp_cxr.inlung import METHOD_LABELS, NO_METADATA
+from bnp_cxr.attribution.inlung import METHOD_LABELS, NO_METADATA
 
 # inferno (black -> purple -> yellow) holds no cyan, the lung contour's colour, and no gray; it stops at
 # 0.9, before its near-white end, which blended over bright bone would barely differ from the radiograph.

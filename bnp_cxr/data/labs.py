@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
+from bnp_cxr.workspace import BNP_THRESHOLD_PG_ML, BNPP_THRESHOLD_PG_ML
+
 LAB_TESTS = ("BNP", "BNPP")
 LEFT_CENSORED, UNCENSORED, RIGHT_CENSORED = -1, 0, 1
 POSITIVE, NEGATIVE, UNKNOWN = 1, 0, -1
@@ -32,8 +34,8 @@ class LabValueError(ValueError):
 class PositivityThresholds:
     """Thresholds in pg/mL above which a test counts as positive (strictly greater)."""
 
-    bnpp_pg_ml: float = 400.0
-    bnp_pg_ml: float = 100.0
+    bnpp_pg_ml: float = BNPP_THRESHOLD_PG_ML
+    bnp_pg_ml: float = BNP_THRESHOLD_PG_ML
 
 
 def parse_lab_value(text: str) -> tuple[float, int]:

@@ -2,7 +2,7 @@
 
 A run folder (written by tools/train.py) holds `model.keras` and `config.json` with at least "size"
 and "records_dir". Everything written here carries pseudonymous image / patient IDs only, as the
-records do (bnp_cxr.privacy).
+records do (bnp_cxr.data.privacy).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnp_cxr import figures, metrics
-from bnp_cxr.labs import PositivityThresholds
+from bnp_cxr.evaluation import plots as figures
+from bnp_cxr.evaluation import metrics
+from bnp_cxr.data.labs import PositivityThresholds
+from bnp_cxr.workspace import RECORDS_DIR, RunDir
 
-DEFAULT_RECORDS = Path("work/records")
 PREDICTION_COLUMNS = ("image_id", "patient_id", "true_log10_bnp", "pred_log10_bnp", "true_log10_bnpp",
                       "pred_log10_bnpp", "positive", "bnp_censored", "bnpp_censored")
 
@@ -67,7 +68,7 @@ def predict_split(model, records_dir: str | os.PathLike, split: str, size: int, 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict:
     """The run's config.json (needs "size")."""
-    path = Path(run_dir) / "config.json"
+    path = RunDir(run_dir).config
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a training run folder (tools/train.py)?")
     config = json.loads(path.read_text())
@@ -77,7 +78,7 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
 
 
 def _model_path(run_dir: Path) -> Path:
-    path = run_dir / "model.keras"
+    path = RunDir(run_dir).model
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: train the run first (tools/train.py)")
     return path
@@ -93,13 +94,13 @@ def evaluate_run(run_dir: str | os.PathLike, records_dir: str | os.PathLike | No
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     size = int(config["size"])
-    records_dir = Path(records_dir or config.get("records_dir") or DEFAULT_RECORDS)
+    records_dir = Path(records_dir or config.get("records_dir") or RECORDS_DIR)
     model = load_run_model(_model_path(run_dir))
     table = predict_split(model, records_dir, split, size, batch_size)
     result = metrics.compute_metrics(table, n_boot=n_boot, seed=seed, thresholds=thresholds)
     result = {"run_dir": str(run_dir), "split": split, "size": size, "records_dir": str(records_dir), **result}
-    table.to_csv(run_dir / "predictions.csv", index=False, float_format="%.6g")
-    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    table.to_csv(RunDir(run_dir).predictions, index=False, float_format="%.6g")
+    RunDir(run_dir).metrics.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     figures.roc_figure(table, result, run_dir / "roc.png", thresholds)
     figures.scatter_figure(table, result, run_dir / "scatter.png", thresholds)
     return result

@@ -1,0 +1,139 @@
+"""Resolution study (Huynh et al., MIDL 2022): one model per image size, each evaluated on the test split.
+
+Trains (or reuses) work/runs/size{N} for every size, as tools/train.py does, evaluates each on the
+test split, and writes work/study/resolution.md (table), resolution.csv and resolution.png (metrics vs
+size). A run that finished with the same settings is reused; an interrupted one is resumed; one with
+other settings is refused unless --retrain. Records must exist at every size (tools/make_tfrecords.py).
+
+    python tools/resolution_study.py                                  # 64 128 256, small_cnn on a CPU
+    python tools/resolution_study.py --sizes paper --config paper     # 64..1024, ResNet152 (GPU)
+    python tools/resolution_study.py --sizes 64 128 --epochs 5 --runs /tmp/runs --out /tmp/study
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+TOOLS = Path(__file__).resolve().parent
+# Options of tools/train.py that stay per study rather than per size (those that pick one run are left out).
+TRAINING_DESTS = ("preset", "records_dir", "backbone", "weights", "epochs", "batch_size", "lr", "schedule",
+                  "warmup_epochs", "mixed_precision", "xla", "sync_batchnorm", "seed", "augment", "loss_weights", "dropout", "cache",
+                  "n_boot", "verbose")
+
+
+@functools.cache
+def _tool(name: str):
+    """A sibling tool script as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bnp_cxr_tools_{name}", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bnp_cxr.workspace import DEFAULT_SIZES
+    from bnp_cxr.training.config import DEFAULT_RECORDS, DEFAULT_RUNS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=[str(size) for size in DEFAULT_SIZES],
+                        help="image sizes in px, or 'paper' (64 128 256 512 1024); default: "
+                             + " ".join(map(str, DEFAULT_SIZES)))
+    parser.add_argument("--runs", type=Path, default=Path(DEFAULT_RUNS), help="runs root: one size{N} folder per "
+                                                                               "size (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("work/study"), help="report folder (default: %(default)s)")
+    parser.add_argument("--retrain", action="store_true", help="delete and retrain the run of every size")
+    parser.add_argument("--in-lung", type=Path, default=Path("work/attribution") / "in_lung.csv",
+                        help="tools/attribute.py's in_lung.csv: its in-lung attention per method becomes extra "
+                             "columns for the sizes it covers, when newer than those runs' models "
+                             "(default: %(default)s, used if present)")
+    parser.add_argument("--make-records", action="store_true",
+                        help="write missing records from the phantom cohort (work/cohort, generated if absent) "
+                             f"into --records (default {DEFAULT_RECORDS}) instead of stopping")
+    group = parser.add_argument_group("training options, as in tools/train.py (the same for every size)")
+    # argparse's parents= copies every action; the study needs all of train.py's but the per-run ones.
+    for action in _tool("train").build_parser()._actions:
+        if action.dest in TRAINING_DESTS:
+            group._add_action(action)
+    return parser
+
+
+def in_lung_columns(path: Path, runs_root: Path, sizes: list[int]) -> dict[int, dict[str, str]]:
+    """In-lung columns from an attribution table for the sizes whose run is older than it; the rest say why not."""
+    if not path.is_file():
+        print(f"in-lung columns: no {path} (run tools/attribute.py after training to add them)")
+        return {}
+    import pandas as pd
+
+    from bnp_cxr.attribution.inlung import study_columns
+    from bnp_cxr.training.loop import MODEL_FILE
+
+    columns = study_columns(pd.read_csv(path), metrics=("mass_in_lung_fraction", "top_in_lung_fraction"))
+    kept, stale = {}, []
+    for size in sizes:
+        model = runs_root / f"size{size}" / MODEL_FILE
+        if size in columns and model.is_file() and model.stat().st_mtime <= path.stat().st_mtime:
+            kept[size] = columns[size]
+        elif size in columns:
+            stale.append(size)
+    if stale:
+        print(f"in-lung columns left out at {stale} px: their runs are newer than {path} or missing "
+              "(rerun tools/attribute.py)")
+    print(f"in-lung columns from {path} at {sorted(kept)} px" if kept else f"in-lung columns: none usable in {path}")
+    return kept
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from bnp_cxr.models import WeightsDownloadError
+    from bnp_cxr.evaluation.study import missing_records, records_command, run_study, shared_settings, write_report
+    from bnp_cxr.training.config import DEFAULT_RECORDS
+
+    started = time.perf_counter()
+    train_cli, records_cli = _tool("train"), _tool("make_tfrecords")
+    try:
+        sizes = records_cli.parse_sizes(args.sizes)
+    except argparse.ArgumentTypeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    training = argparse.Namespace(**{dest: getattr(args, dest) for dest in TRAINING_DESTS})
+    options = train_cli.options_from_args(training)
+    records_dir = Path(options.get("records_dir", DEFAULT_RECORDS))
+    missing = missing_records(records_dir, sizes)
+    if missing and args.make_records:
+        print(f"writing phantom-cohort records at {sorted(missing)} px into {records_dir}")
+        code = records_cli.main(["--out", str(records_dir), "--sizes", *map(str, sorted(missing)), "--resume"])
+        if code:
+            return code
+        missing = missing_records(records_dir, sizes)
+    if missing:
+        gaps = "; ".join(f"{size} px: no {', '.join(splits)}" for size, splits in sorted(missing.items()))
+        print(f"error: records missing in {records_dir} ({gaps}). Write them with\n"
+              f"  {records_command(records_dir, missing)}\nor pass --make-records to write them from the phantom "
+              "cohort.", file=sys.stderr)
+        return 2
+    try:
+        outcomes, paths = run_study(sizes, options, args.runs, args.out, preset=args.preset, n_boot=args.n_boot,
+                                    retrain=args.retrain, verbose=args.verbose)
+        extra = in_lung_columns(args.in_lung, args.runs, sizes)  # after training: a retrained run makes it stale
+        if extra:
+            paths = write_report([outcome.metrics for outcome in outcomes], args.out,
+                                 shared_settings([outcome.config for outcome in outcomes]), extra)
+    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError, WeightsDownloadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(paths["markdown"].read_text())
+    done = ", ".join(f"{outcome.size} {outcome.action} ({outcome.seconds:.0f} s)" for outcome in outcomes)
+    print(f"sizes: {done}; study took {time.perf_counter() - started:.0f} s")
+    print(f"wrote {', '.join(str(path) for path in paths.values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Test-split metrics with patient-bootstrap CIs, evaluation plots and the resolution study."""

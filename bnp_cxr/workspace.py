@@ -1,0 +1,85 @@
+"""Shared names: the default work folders, run-folder file names, splits, image sizes and lab thresholds.
+
+Every stage takes its defaults from here, so a folder or file name is spelled once. Paths are
+relative to the current directory, as the documented commands are run from the project root.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+WORK_DIR = Path("work")
+COHORT_DIR = WORK_DIR / "cohort"  # phantom cohort: DICOMs, manifest.csv, labs.csv
+RECORDS_DIR = WORK_DIR / "records"  # TFRecords per size, summary.json, rejects.csv
+RUNS_DIR = WORK_DIR / "runs"  # one RunDir per trained model: size{N}/
+ATTRIBUTION_DIR = WORK_DIR / "attribution"
+SANITY_DIR = WORK_DIR / "sanity"
+STUDY_DIR = WORK_DIR / "study"
+LUNGS_DIR = WORK_DIR / "lungs"
+PREDICTIONS_DIR = WORK_DIR / "predictions"
+
+SPLITS = ("train", "val", "test")
+PAPER_SIZES = (64, 128, 256, 512, 1024)  # px, Huynh et al.
+DEFAULT_SIZES = (64, 128, 256)  # px, what a CPU demo writes
+
+# Positive for heart failure / cardiogenic oedema (Huynh et al., MIDL 2022): BNPP > 400 or BNP > 100 pg/mL.
+BNPP_THRESHOLD_PG_ML = 400.0
+BNP_THRESHOLD_PG_ML = 100.0
+
+LATERAL_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT"})  # DICOM ViewPosition values that are not frontal
+
+# Phantom signal components: bit flags in each record's component map (truth for in-lung scores).
+COMPONENT_BITS = {"lung_opacity": 1, "kerley_lines": 2, "heart": 4, "effusion": 8, "confounder": 16}
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one training run's folder (written by training, read by evaluation and attribution)."""
+
+    path: Path
+
+    MODEL = "model.keras"  # best epoch by val loss
+    CONFIG = "config.json"  # resolved options, versions, data fingerprint, sessions
+    HISTORY = "history.csv"  # one row per epoch
+    METRICS = "metrics.json"  # test-split metrics with CIs
+    PREDICTIONS = "predictions.csv"  # one row per test image
+    LOGS = "logs"  # TensorBoard
+    BACKUP = "backup"  # BackupAndRestore state for --resume
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def for_size(cls, size: int, runs_dir: str | os.PathLike = RUNS_DIR) -> "RunDir":
+        """The default run folder of a size: work/runs/size{size}."""
+        return cls(Path(runs_dir) / f"size{int(size)}")
+
+    @property
+    def model(self) -> Path:
+        return self.path / self.MODEL
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def history(self) -> Path:
+        return self.path / self.HISTORY
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / self.PREDICTIONS
+
+    @property
+    def logs(self) -> Path:
+        return self.path / self.LOGS
+
+    def is_trained(self) -> bool:
+        """Whether the folder holds a model and its config (a finished or interrupted run)."""
+        return self.model.is_file() and self.config.is_file()
