@@ -34,7 +34,7 @@ def ensure_records(data_dir: Path, work_dir: Path, size: int, workers: int) -> P
     from bnp_cxr.data.sources.shenzhen import write_shenzhen_manifest
     from bnp_cxr.records.writer import IngestConfig, write_records
 
-    manifest = load_manifest(write_shenzhen_manifest(data_dir, work_dir / "input"))
+    manifest = load_manifest(write_shenzhen_manifest(data_dir, work_dir / "input").manifest)
     records = work_dir / f"records{size}"
     write_records(manifest, records, IngestConfig(sizes=(size,), workers=workers, resume=True, progress=False))
     return records

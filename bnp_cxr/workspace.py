@@ -30,6 +30,17 @@ BNP_THRESHOLD_PG_ML = 100.0
 
 LATERAL_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT"})  # DICOM ViewPosition values that are not frontal
 
+# Optional binary finding columns of a manifest (1 / 0 / empty), carried into the records and predictions.csv:
+# the radiological findings of ChestX-ray14 (Wang et al., CVPR 2017) and CheXpert / MIMIC-CXR (Irvin et al.,
+# AAAI 2019), in snake case, plus "tb" (Shenzhen). evaluate.py scores predicted log10 BNPP against each one.
+FINDINGS = ("atelectasis", "cardiomegaly", "consolidation", "edema", "effusion", "emphysema",
+            "enlarged_cardiomediastinum", "fibrosis", "fracture", "hernia", "infiltration", "lung_lesion",
+            "lung_opacity", "mass", "nodule", "pleural_other", "pleural_thickening", "pneumonia", "pneumothorax",
+            "support_devices", "tb", "no_finding")
+# The radiographic signs of heart failure that travel with a raised BNP / NT-proBNP (stand-in labels of the
+# public sources: bnp_cxr.data.sources).
+HEART_FAILURE_FINDINGS = ("cardiomegaly", "edema", "effusion")
+
 # Phantom signal components: bit flags in each record's component map (truth for in-lung scores).
 COMPONENT_BITS = {"lung_opacity": 1, "kerley_lines": 2, "heart": 4, "effusion": 8, "confounder": 16}
 

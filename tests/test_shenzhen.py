@@ -1,4 +1,4 @@
-"""Public-dataset manifests (bnp_cxr.data.sources.shenzhen) and the Shenzhen check: does the pipeline learn from real radiographs?"""
+"""The Shenzhen source (bnp_cxr.data.sources.shenzhen) and the check: does the pipeline learn from real radiographs?"""
 
 import csv
 import json
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from bnp_cxr.data.manifest import load_manifest
-from bnp_cxr.data.sources.shenzhen import (MANIFEST_COLUMNS, SHENZHEN_STAND_IN_PG_ML, link_dataset, read_shenzhen_index,
-                              write_shenzhen_manifest)
+from bnp_cxr.data.sources.common import link_dataset
+from bnp_cxr.data.sources.shenzhen import (FINDING_COLUMNS, MANIFEST_COLUMNS, SHENZHEN_STAND_IN_PG_ML,
+                                           read_shenzhen_index, write_shenzhen_manifest)
 
 REPO = Path(__file__).resolve().parents[1]
 SHENZHEN = REPO.parent / "shared" / "data" / "lungs" / "shenzhen"
@@ -52,9 +53,12 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("with_bnp, with_masks", [(True, True), (False, True), (True, False)])
 def test_manifest_maps_tb_to_stand_in_labs_through_a_link(dataset, tmp_path, with_bnp, with_masks):
-    path = write_shenzhen_manifest(dataset, tmp_path / "out", with_bnp=with_bnp, with_masks=with_masks)
+    result = write_shenzhen_manifest(dataset, tmp_path / "out", with_bnp=with_bnp, with_masks=with_masks)
+    path = result.manifest
     rows = read_rows(path)
-    assert list(rows[0]) == list(MANIFEST_COLUMNS)
+    assert list(rows[0]) == [*MANIFEST_COLUMNS, *FINDING_COLUMNS]
+    assert (result.n_rows, result.n_rejected, read_rows(result.rejects)) == (len(TB_LABELS), 0, [])
+    assert [int(row["tb"]) for row in rows] == list(TB_LABELS)
     assert [row["patient_id"] for row in rows] == [f"CHNCXR_{n:04d}_{tb}" for n, tb in enumerate(TB_LABELS, 1)]
     for row, tb in zip(rows, TB_LABELS):
         assert float(row["bnpp"]) == SHENZHEN_STAND_IN_PG_ML["bnpp"][tb]
@@ -62,13 +66,13 @@ def test_manifest_maps_tb_to_stand_in_labs_through_a_link(dataset, tmp_path, wit
         assert row["image_path"].startswith("shenzhen/images/") and row["study_datetime"] == ""
         assert bool(row["lung_mask_path"]) == with_masks
     # Nothing copied: the folder holds the manifest and a link to the dataset.
-    assert sorted(p.name for p in path.parent.iterdir()) == ["manifest.csv", "shenzhen"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["manifest.csv", "rejects.csv", "shenzhen"]
     assert (path.parent / "shenzhen").is_symlink() and (path.parent / "shenzhen").resolve() == dataset.resolve()
 
 
 @pytest.mark.parametrize("with_bnp", [True, False])
 def test_manifest_loads_with_positive_equal_to_tb(dataset, tmp_path, with_bnp):
-    manifest = load_manifest(write_shenzhen_manifest(dataset, tmp_path / "out", with_bnp=with_bnp))
+    manifest = load_manifest(write_shenzhen_manifest(dataset, tmp_path / "out", with_bnp=with_bnp).manifest)
     assert manifest.rejects == [] and len(manifest.rows) == len(TB_LABELS)
     # Rows keep manifest order; positive follows BNPP > 400 (and BNP > 100 when given).
     assert [row.positive for row in manifest.rows] == list(TB_LABELS)
@@ -84,8 +88,8 @@ def test_stand_in_labs_sit_well_clear_of_the_thresholds():
 
 
 def test_writing_twice_reuses_the_link_and_gives_the_same_manifest(dataset, tmp_path):
-    first = write_shenzhen_manifest(dataset, tmp_path / "out").read_bytes()
-    assert write_shenzhen_manifest(dataset, tmp_path / "out").read_bytes() == first
+    first = write_shenzhen_manifest(dataset, tmp_path / "out").manifest.read_bytes()
+    assert write_shenzhen_manifest(dataset, tmp_path / "out").manifest.read_bytes() == first
 
 
 @pytest.mark.parametrize("occupant", ["file", "other_link"])
@@ -100,10 +104,27 @@ def test_link_refuses_to_replace_something_else(dataset, tmp_path, occupant):
         link_dataset(dataset, out, "shenzhen")
 
 
+BAD_ROWS = [  # (index line, reason, column); the fixture has CHNCXR_0001_1 and CHNCXR_0002_0
+    ("extra_1,images/CHNCXR_0001_1.png,masks/CHNCXR_0001_1.png,2", "bad_label", "tb"),
+    ("extra_2,images/CHNCXR_0001_1.png,masks/CHNCXR_0001_1.png,", "bad_label", "tb"),
+    (",images/CHNCXR_0001_1.png,masks/CHNCXR_0001_1.png,1", "missing_id", "id"),
+    ("CHNCXR_0002_0,images/CHNCXR_0001_1.png,masks/CHNCXR_0001_1.png,1", "duplicate_id", "id"),
+    ("CHNCXR_9999_1,images/CHNCXR_9999_1.png,masks/CHNCXR_9999_1.png,1", "missing_image", "image"),
+]
+
+
+@pytest.mark.parametrize("line, reason, column", BAD_ROWS)
+def test_bad_index_rows_are_rejected_and_the_rest_go_on(dataset, tmp_path, line, reason, column):
+    index = (dataset / "index.csv").read_text()
+    (dataset / "index.csv").write_text(index + line + "\n")
+    result = write_shenzhen_manifest(dataset, tmp_path / "out")
+    assert result.n_rows == len(TB_LABELS) and result.n_rejected == 1
+    [reject] = read_rows(result.rejects)
+    assert (reject["row"], reject["reason"], reject["column"]) == (str(len(TB_LABELS) + 2), reason, column)
+    assert reject["source"] == "index.csv" and reject["detail"]
+
+
 @pytest.mark.parametrize("header, lines, error, match", [
-    (INDEX_HEADER, ["a,images/a.png,masks/a.png,2"], ValueError, "tb '2' is not 0 or 1"),
-    (INDEX_HEADER, ["a,images/a.png,masks/a.png,"], ValueError, "tb '' is not 0 or 1"),
-    (INDEX_HEADER, ["a,images/a.png,masks/a.png,1", "a,images/b.png,masks/b.png,0"], ValueError, "repeated"),
     ("id,image,tb\n", ["a,images/a.png,1"], ValueError, r"missing column\(s\) \['mask'\]"),
     (None, [], FileNotFoundError, "index.csv not found"),
 ])
@@ -140,7 +161,7 @@ def run_tool(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_pipeline_learns_tb_from_real_radiographs(tmp_path):
     if not (SHENZHEN / "index.csv").is_file():
         pytest.skip(f"Shenzhen data not found at {SHENZHEN} (../shared/data is absent on a fresh clone)")
-    manifest = write_shenzhen_manifest(SHENZHEN, tmp_path / "input")
+    manifest = write_shenzhen_manifest(SHENZHEN, tmp_path / "input").manifest
     run_tool("make_tfrecords.py", "--manifest", str(manifest), "--out", "records", "--sizes", str(SIZE),
              "--no-progress", cwd=tmp_path)
     summary = json.loads((tmp_path / "records" / "summary.json").read_text())
