@@ -235,17 +235,7 @@ def rank_regions(attribution: np.ndarray, segments: Segments | Sequence[np.ndarr
     [H, W]; with `integer_segments` the second output is an int [H, W] rank map (1 = most important),
     otherwise the list of added regions, most important first, as the library returns them.
     """
-    attr = np.asarray(attribution)
-    if attr.ndim == 3:
-        attr = attr.max(axis=-1)  # saliency's _attr_aggregation_max
-    if attr.dtype not in (np.float32, np.float64):
-        raise TypeError(f"attribution must be float32 or float64, got {attr.dtype}")
-    if not np.isfinite(attr).all():
-        raise ValueError("attribution has non-finite values")
-    if not isinstance(segments, Segments):
-        segments = Segments.from_masks(segments)
-    if tuple(segments.shape) != attr.shape:
-        raise ValueError(f"segments are {segments.shape}, attribution is {attr.shape}")
+    attr, segments = _checked_inputs(attribution, segments)
     boxes, crops = segments.boxes, segments.crops
     count = np.array([crop.sum() for crop in crops], dtype=np.int64)
     total, magnitude = np.zeros(len(crops)), np.zeros(len(crops))
@@ -282,6 +272,28 @@ def rank_regions(attribution: np.ndarray, segments: Segments | Sequence[np.ndarr
         gains.append(gain)
         _remove_pixels(attr, new, (top, left, bottom, right), boxes, crops, alive, count, total, magnitude)
 
+    return _ranked_output(attr, gains, step_of_pixel, integer_segments)
+
+
+def _checked_inputs(attribution: np.ndarray, segments: Segments | Sequence[np.ndarray]) -> tuple[np.ndarray, Segments]:
+    """rank_regions' inputs as a float [H, W] map and Segments of the same shape, or a clear error."""
+    attr = np.asarray(attribution)
+    if attr.ndim == 3:
+        attr = attr.max(axis=-1)  # saliency's _attr_aggregation_max
+    if attr.dtype not in (np.float32, np.float64):
+        raise TypeError(f"attribution must be float32 or float64, got {attr.dtype}")
+    if not np.isfinite(attr).all():
+        raise ValueError("attribution has non-finite values")
+    if not isinstance(segments, Segments):
+        segments = Segments.from_masks(segments)
+    if tuple(segments.shape) != attr.shape:
+        raise ValueError(f"segments are {segments.shape}, attribution is {attr.shape}")
+    return attr, segments
+
+
+def _ranked_output(attr: np.ndarray, gains: list, step_of_pixel: np.ndarray, integer_segments: bool
+                   ) -> tuple[np.ndarray, np.ndarray | list[np.ndarray]]:
+    """The library's outputs from the greedy steps: the attribution map and the rank map (or region masks)."""
     uncomputed = step_of_pixel < 0
     order = [step for step, _ in sorted(enumerate(gains), key=lambda item: -item[1])]  # the library's stable sort
     value_of_step = np.append(np.array(gains, dtype=np.float64), attr[uncomputed].mean() if uncomputed.any() else 0.0)

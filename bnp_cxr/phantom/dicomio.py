@@ -89,15 +89,8 @@ def build_dataset(stored: np.ndarray, acquisition: Acquisition, identity: Identi
     """A complete DICOM dataset (file meta included) holding the uncompressed stored pixels."""
     sop_class = SOP_CLASSES[acquisition.modality]
     sop_instance = _uid(seed, "image", index)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = _uid(0, "implementation")
-    meta.ImplementationVersionName = "BNPCXR_PHANTOM1"
-
     ds = Dataset()
-    ds.file_meta = meta
+    ds.file_meta = _file_meta(sop_class, sop_instance)
     if identity.character_set:
         ds.SpecificCharacterSet = identity.character_set
     when = identity.study_datetime
@@ -125,6 +118,23 @@ def build_dataset(stored: np.ndarray, acquisition: Acquisition, identity: Identi
         ds.ImageType = ["DERIVED", "PRIMARY"]
     else:
         ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    _set_image_pixels(ds, stored, acquisition, pixel_spacing_mm)
+    ds.BurnedInAnnotation = "YES" if burned_in_annotation else "NO"
+    return ds
+
+
+def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = _uid(0, "implementation")
+    meta.ImplementationVersionName = "BNPCXR_PHANTOM1"
+    return meta
+
+
+def _set_image_pixels(ds: Dataset, stored: np.ndarray, acquisition: Acquisition, pixel_spacing_mm: float) -> None:
+    """The image pixel, spacing, rescale and VOI window attributes, and the uncompressed pixel data."""
     spacing = [f"{pixel_spacing_mm:.6g}", f"{pixel_spacing_mm:.6g}"]
     if acquisition.spacing_tags in ("PixelSpacing", "both"):
         ds.PixelSpacing = spacing
@@ -143,9 +153,7 @@ def build_dataset(stored: np.ndarray, acquisition: Acquisition, identity: Identi
     centre = 0.5 * max_value * acquisition.rescale_slope + acquisition.rescale_intercept
     ds.WindowCenter = f"{centre:.1f}"
     ds.WindowWidth = f"{0.9 * max_value * acquisition.rescale_slope:.1f}"
-    ds.BurnedInAnnotation = "YES" if burned_in_annotation else "NO"
     ds.PixelData = stored.tobytes()
-    return ds
 
 
 def write_dicom(path: Path, ds: Dataset, stored: np.ndarray, transfer_syntax: str) -> None:
