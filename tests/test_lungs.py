@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bnp_cxr import lungs
+from bnp_cxr.lungs.train import _dataset
 from bnp_cxr.data.imaging import REJECT_REASONS, RadiographError, read_radiograph
 from bnp_cxr.records.prepare import prepare_row
 from bnp_cxr.records.schema import UINT16_MAX
@@ -100,17 +101,16 @@ def test_unet_learns_synthetic_lungs():
     assert set(result.history) >= {"loss", "dice", "val_loss", "val_dice"}
 
 
-def test_augmentation_moves_image_and_mask_together():
-    square = np.zeros((32, 32, 1), np.float32)
-    square[8:24, 10:22] = 1
-    moved_any = False
-    for _ in range(6):
-        image, mask = (np.asarray(t) for t in lungs._augment(square, square, 32))
-        assert image.min() >= 0 and image.max() <= 1 and set(np.unique(mask)) <= {0.0, 1.0}
-        # Gain and gamma keep a 0/1 image's foreground above 0.8; the affine moved both alike.
-        assert lungs.dice(image[..., 0] > 0.5, mask[..., 0] > 0.5) > 0.95
-        moved_any |= not np.array_equal(mask, square)
-    assert moved_any
+def test_augmented_batches_keep_image_and_mask_together():
+    _, masks = ellipse_lungs(8, 32)
+    images = masks[..., None].astype(np.float32)  # the image is its mask: both must land on the same pixels
+    batches = list(_dataset(images, masks, 4, shuffle_seed=None, augment=True))
+    assert [image.shape for image, _ in batches] == [(4, 32, 32, 1)] * 2
+    augmented = np.concatenate([image.numpy()[..., 0] for image, _ in batches])
+    moved = np.concatenate([mask.numpy()[..., 0] for _, mask in batches])
+    assert set(np.unique(moved)) <= {0.0, 1.0} and 0 <= augmented.min() and augmented.max() <= 1
+    assert all(lungs.dice(image > 0.5, mask > 0.5) > 0.95 for image, mask in zip(augmented, moved))
+    assert any(not np.array_equal(mask > 0.5, truth) for mask, truth in zip(moved, masks))
 
 
 def test_split_is_seeded_and_disjoint():

@@ -290,6 +290,20 @@ def test_label_noise_ceiling_sane_and_reproducible(summary):
     assert cohort_ceiling["n"] == 24 and 0.5 < cohort_ceiling["pearson_r_log10_bnpp"] <= 1
 
 
+
+@pytest.mark.parametrize("severity, positive, expected", [
+    ([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1], 1.0),
+    ([0.1, 0.2, 0.3, 0.4], [1, 1, 0, 0], 0.0),
+    ([0.5, 0.5, 0.1, 0.9], [1, 0, 0, 1], 3.5 / 4),  # one tied positive/negative pair counts 1/2
+    ([0.1, 0.2, 0.3, 0.4], [0, 0, 0, 0], math.nan),  # one class: no AUC
+], ids=["perfect", "reversed", "tie", "one-class"])
+def test_oracle_auc_table(severity, positive, expected):
+    # BNPP 1000 pg/mL is positive, 10 pg/mL negative; BNP 1 pg/mL never is.
+    log10_bnpp = np.where(np.array(positive, bool), 3.0, 1.0)
+    metrics = model.ceiling_metrics(np.array(severity), log10_bnpp, np.zeros(len(severity)), CohortConfig())
+    auc = metrics["auc_combined_positive"]
+    assert (math.isnan(auc) and math.isnan(expected)) or auc == pytest.approx(expected)
+
 def test_default_plan_labs_timing_and_censoring():
     plan = plan_cohort(CohortConfig())
     assert len(plan.studies) == 360 and len({s.identity.patient_id for s in plan.studies}) == 300

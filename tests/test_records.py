@@ -206,6 +206,54 @@ def test_reader_augmentation_is_seeded_and_bounded(written):
     np.testing.assert_array_equal(augmented, first_batch(1, AugmentConfig()))
 
 
+
+def off_centre_square(size: int = 64) -> np.ndarray:
+    """A bright square left of centre on a dark field, [1, size, size, 1]: its side shows a flip."""
+    image = np.zeros((1, size, size, 1), np.float32)
+    image[0, size // 4:size * 3 // 4, size // 8:size * 3 // 8] = 1.0
+    return image
+
+
+@pytest.mark.parametrize("config_args, mask_dtype", [
+    ({}, np.float32),
+    ({"horizontal_flip": True}, np.uint8),
+    ({"max_rotation_deg": 20.0, "max_scale_change": 0.2, "max_shift_fraction": 0.1}, bool),
+], ids=["default", "flip", "wide"])
+def test_augmentation_moves_mask_with_image(config_args, mask_dtype):
+    import tensorflow as tf
+
+    from bnp_cxr.records.augment import AugmentConfig, augment_batch
+
+    config = AugmentConfig(**config_args)
+    image = off_centre_square()
+    mask = (image > 0.5).astype(mask_dtype)
+    moved_any = False
+    for seed in range(8):
+        pair = tf.constant([seed, 7], tf.int64)
+        augmented, moved = augment_batch(tf.constant(image), pair, config, masks=mask)
+        assert moved.dtype == tf.as_dtype(mask_dtype) and set(np.unique(moved.numpy())) <= {0, 1}
+        # The mask never changes the image's augmentation.
+        np.testing.assert_array_equal(augmented.numpy(), augment_batch(tf.constant(image), pair, config).numpy())
+        bright, inside = augmented.numpy()[0, ..., 0] > 0.5, moved.numpy()[0, ..., 0].astype(bool)
+        assert 2 * (bright & inside).sum() / (bright.sum() + inside.sum()) > 0.95
+        moved_any |= not np.array_equal(inside, mask[0, ..., 0].astype(bool))
+    assert moved_any
+
+
+@pytest.mark.parametrize("horizontal_flip, expect_flipped", [(False, False), (True, True)])
+def test_augmentation_flips_only_when_asked(horizontal_flip, expect_flipped):
+    import tensorflow as tf
+
+    from bnp_cxr.records.augment import AugmentConfig, augment_batch
+
+    image = off_centre_square()
+    batch = tf.constant(np.repeat(image, 16, axis=0))
+    _, masks = augment_batch(batch, tf.constant([3, 1], tf.int64), AugmentConfig(horizontal_flip=horizontal_flip),
+                             masks=batch > 0.5)
+    half = image.shape[2] // 2
+    on_right = masks.numpy()[:, :, half:].sum(axis=(1, 2, 3)) > masks.numpy()[:, :, :half].sum(axis=(1, 2, 3))
+    assert on_right.any() == expect_flipped
+
 def test_existing_output_needs_resume_or_overwrite(archive, written):
     _, out, _ = written
     with pytest.raises(FileExistsError, match="resume"):

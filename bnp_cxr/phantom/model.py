@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
+from sklearn.metrics import roc_auc_score
 
 from bnp_cxr.phantom.config import CohortConfig
 
@@ -72,26 +73,17 @@ def combined_positive(log10_bnpp: np.ndarray, log10_bnp: np.ndarray, config: Coh
             | (log10_bnp > math.log10(config.bnp_threshold_pg_ml)))
 
 
-def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
-    """Area under the ROC curve by the Mann-Whitney rank statistic (ties count half)."""
-    label = np.asarray(label, dtype=bool)
-    n_pos, n_neg = int(label.sum()), int((~label).sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    ranks = stats.rankdata(score)
-    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def ceiling_metrics(s: np.ndarray, log10_bnpp: np.ndarray, log10_bnp: np.ndarray, config: CohortConfig) -> dict:
     """Oracle (knows s, predicts E[y | s]) Pearson r on log10 BNPP / BNP and AUC for the combined label."""
     oracle_bnpp, oracle_bnp = expected_log10_labs(s, config)
     positive = combined_positive(log10_bnpp, log10_bnp, config)
+    two_classes = 0 < positive.sum() < positive.size  # roc_auc_score raises on one class
     # P(positive | s) is increasing in s, so s itself ranks studies exactly as the oracle's probability does.
     return {
         "n": int(np.size(s)),
         "pearson_r_log10_bnpp": float(np.corrcoef(oracle_bnpp, log10_bnpp)[0, 1]),
         "pearson_r_log10_bnp": float(np.corrcoef(oracle_bnp, log10_bnp)[0, 1]),
-        "auc_combined_positive": roc_auc(s, positive),
+        "auc_combined_positive": float(roc_auc_score(positive, s)) if two_classes else math.nan,
         "positive_fraction": float(positive.mean()),
     }
 

@@ -1,36 +1,20 @@
 """tf.data reader: sharded records of one split and size -> (image float32 H x W x 1, targets) batches.
 
 Targets are [log10 BNP, log10 BNPP] (NaN where the lab is missing; the training loss masks them).
-Augmentation (training only) is mild and anatomically safe: a small random affine (rotation, scale,
-shift), brightness / contrast jitter and Gaussian noise. No horizontal flip by default: the heart is
-on the patient's left, and a flipped chest is a different (dextrocardic) anatomy.
+Training batches may be augmented by bnp_cxr.records.augment (mild affine, brightness / contrast, noise).
 """
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import tensorflow as tf
 
+from bnp_cxr.records.augment import AugmentConfig, augment_batch
 from bnp_cxr.records.schema import UINT16_MAX, feature_spec, shard_glob
 
 TARGET_KEYS = ("log10_bnp", "log10_bnpp")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Ranges of the training augmentation (angles in degrees, shifts as a fraction of the size)."""
-
-    max_rotation_deg: float = 5.0
-    max_scale_change: float = 0.05
-    max_shift_fraction: float = 0.04
-    max_brightness: float = 0.05
-    contrast_range: tuple[float, float] = (0.9, 1.1)
-    noise_std: float = 0.01
-    horizontal_flip: bool = False
 
 
 def list_shards(records_dir: str | os.PathLike, split: str, size: int) -> list[str]:
@@ -66,44 +50,6 @@ def _parse_record(serialized, size: int, with_metadata: bool):
         raw = tf.where(known, parsed[key], zeros)
         metadata[key] = tf.reshape(tf.io.decode_raw(raw, tf.uint8), [size, size])
     return image, targets, metadata
-
-
-def _affine_transforms(seed, batch: int, size: int, config: AugmentConfig):
-    """Per-image inverse affine transforms [batch, 8] for ImageProjectiveTransformV3, about the centre."""
-    seeds = tf.random.experimental.stateless_split(seed, 4)
-    angle = tf.random.stateless_uniform([batch], seeds[0], -1.0, 1.0) * config.max_rotation_deg * math.pi / 180
-    scale = 1.0 + tf.random.stateless_uniform([batch], seeds[1], -1.0, 1.0) * config.max_scale_change
-    shift = tf.random.stateless_uniform([batch, 2], seeds[2], -1.0, 1.0) * config.max_shift_fraction * size
-    flip = tf.ones([batch])
-    if config.horizontal_flip:
-        flip = tf.where(tf.random.stateless_uniform([batch], seeds[3]) < 0.5, -1.0, 1.0)
-    centre = (size - 1) / 2.0
-    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    # Output pixel (x, y) samples input at A @ ([x, y] - c - shift) + c, A = R(-angle) / scale with flip on x.
-    a0, a1 = cos * flip, sin
-    b0, b1 = -sin * flip, cos
-    x0 = -centre - shift[:, 0]
-    y0 = -centre - shift[:, 1]
-    a2 = a0 * x0 + a1 * y0 + centre
-    b2 = b0 * x0 + b1 * y0 + centre
-    zeros = tf.zeros([batch])
-    return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-
-
-def augment_batch(images, seed, config: AugmentConfig):
-    """Apply the training augmentation to a batch [B, H, W, 1] with a stateless seed (shape [2])."""
-    batch, size = tf.shape(images)[0], images.shape[1]
-    seeds = tf.random.experimental.stateless_split(seed, 4)
-    transforms = _affine_transforms(seeds[0], batch, size, config)
-    images = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="CONSTANT")
-    brightness = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[1], -1.0, 1.0) * config.max_brightness
-    contrast = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[2], *config.contrast_range)
-    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-    images = (images - mean) * contrast + mean + brightness
-    images += tf.random.stateless_normal(tf.shape(images), seeds[3], stddev=config.noise_std)
-    return tf.clip_by_value(images, 0.0, 1.0)
 
 
 def make_dataset(records_dir: str | os.PathLike, split: str, size: int, *, batch_size: int = 32,
