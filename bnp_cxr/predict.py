@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from bnp_cxr.data.labs import PositivityThresholds, combined_positivity
+from bnp_cxr.rejects import Reject
 from bnp_cxr.workspace import RunDir
 
 
@@ -29,15 +30,6 @@ class Prediction:
     bnpp_pg_ml: float
     positive: int
     overlay: str
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """An input that could not be predicted, and why."""
-
-    input_path: str
-    reason: str
-    detail: str
 
 
 def model_input(path: str | os.PathLike, size: int, *, allow_lateral: bool = False) -> tuple[np.ndarray, tuple]:
@@ -61,7 +53,7 @@ def estimate(log10_bnp_bnpp: Sequence[float], thresholds: PositivityThresholds =
 def predict_images(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                    method: str = "gradcam", target: str = "bnpp", lung_model: str | None = None,
                    thresholds: PositivityThresholds = PositivityThresholds(), salt: str | None = None,
-                   allow_lateral: bool = False) -> tuple[list[Prediction], list[Rejected]]:
+                   allow_lateral: bool = False) -> tuple[list[Prediction], list[Reject]]:
     """Predict each image with the run's model and write an overlay PNG per image; bad inputs are rejected."""
     from bnp_cxr.attribution.callbacks import ModelGradients
     from bnp_cxr.attribution.methods import MethodConfig, attribution_maps
@@ -86,7 +78,8 @@ def predict_images(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike
         try:
             image, (top, left, bottom, right) = model_input(path, size, allow_lateral=allow_lateral)
         except RadiographError as error:
-            rejected.append(Rejected(str(path), error.reason, error.detail))
+            rejected.append(Reject(image_path=str(path), stage="image", reason=error.reason, column="image_path",
+                                   detail=error.detail))
             continue
         batch = image[None]
         output = np.asarray(model(batch, training=False))[0]
@@ -108,7 +101,7 @@ def predict_images(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike
     return predictions, rejected
 
 
-def format_predictions(predictions: Sequence[Prediction], rejected: Sequence[Rejected]) -> str:
+def format_predictions(predictions: Sequence[Prediction], rejected: Sequence[Reject]) -> str:
     """A table for the terminal: input, key, BNP and BNPP (pg/mL), flag, overlay; then the rejects."""
     flags = {1: "positive", 0: "negative", -1: "unknown"}
     lines = [f"{'image':<40} {'key':<18} {'BNP pg/mL':>10} {'BNPP pg/mL':>11}  {'call':<9} overlay"]
@@ -116,7 +109,7 @@ def format_predictions(predictions: Sequence[Prediction], rejected: Sequence[Rej
         lines.append(f"{_short(p.input_path):<40} {p.image_key:<18} {p.bnp_pg_ml:>10.0f} {p.bnpp_pg_ml:>11.0f}  "
                      f"{flags[p.positive]:<9} {p.overlay}")
     for r in rejected:
-        lines.append(f"{_short(r.input_path):<40} rejected: {r.reason} ({r.detail})")
+        lines.append(f"{_short(r.image_path):<40} rejected: {r.reason} ({r.detail})")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML, UID
 
 from bnp_cxr.records.prepare import prepare_row
+from bnp_cxr.rejects import Reject
 from imaging_cases import BASIC_TEXT_SR_STORAGE, dicom_dataset, pydicom_file, write_dicom
 
 MANIFEST_COLUMNS = ("patient_id", "image_path", "study_datetime", "bnp", "bnpp", "view", "split")
@@ -332,6 +334,15 @@ def prepare_or_crash(row, sizes: tuple[int, ...], allow_lateral: bool = False):
             raise RuntimeError("prepare_or_crash refuses to kill the main process; use workers >= 1")
         os.kill(os.getpid(), signal.SIGSEGV)
     return prepare_row(row, sizes, allow_lateral)
+
+
+HEAVY_MODULES = ("tensorflow", "keras", "bnp_cxr.records.writer")  # rows unpickle through data.manifest (pandas)
+
+
+def prepare_reporting_imports(row, sizes: tuple[int, ...], allow_lateral: bool = False) -> Reject:
+    """A prepare function that rejects every row, naming the HEAVY_MODULES its process has loaded ("none")."""
+    loaded = [name for name in HEAVY_MODULES if name in sys.modules]
+    return Reject(stage="image", reason="imports", column="image_path", detail=" ".join(loaded) or "none")
 
 
 def square_or_exit(number: int) -> int:

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from bad_inputs import (CASES, CRASH_NAME, WRITTEN, build_corpus, build_labs_corpus, image, prepare_or_crash,
-                        square_or_exit)
+                        prepare_reporting_imports, square_or_exit)
 from bnp_cxr.data.manifest import ManifestConfig, load_manifest
 from bnp_cxr.records.prepare import prepare_row
-from bnp_cxr.records.writer import PROGRESS_DIR, IngestConfig, ordered_map, plan_shards, write_records
+from bnp_cxr.records.writer import (PROGRESS_DIR, IngestConfig, ordered_map, plan_shards, row_preparer,
+                                    write_records)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the deliberately bad files
 
@@ -161,6 +162,14 @@ def test_ordered_map_survives_workers_that_exit(workers):
 
     with pytest.raises(BrokenProcessPool):  # without on_crash a dead worker still stops the map
         list(ordered_map(square_or_exit, [3], workers=workers))
+
+
+def test_decode_workers_import_neither_tensorflow_nor_the_writer(tmp_path):
+    # What write_records maps over its worker pool, run in one spawned worker that reports its own imports.
+    manifest = load_manifest(*build_labs_corpus(tmp_path / "archive")[:2])
+    config = IngestConfig(sizes=(64,), workers=1, progress=False, prepare=prepare_reporting_imports)
+    results = list(ordered_map(row_preparer(config), manifest.rows[:2], config.workers))
+    assert [(result.reason, result.detail) for result in results] == [("imports", "none")] * 2
 
 
 def test_workers_zero_maps_in_this_process_and_negative_is_refused():

@@ -16,7 +16,7 @@ pytest.importorskip("apache_beam", reason="the beam extra is not installed (pip 
 
 from bnp_cxr.data.manifest import load_manifest  # noqa: E402
 from bnp_cxr.records.beam import pipeline_options, write_records_beam  # noqa: E402
-from bnp_cxr.records.writer import PROGRESS_DIR, IngestConfig, write_records  # noqa: E402
+from bnp_cxr.records.writer import PROGRESS_DIR, IngestConfig, plan_shards, write_records  # noqa: E402
 from test_make_tfrecords import phantom  # noqa: E402,F401 - the small phantom cohort fixture
 from test_records import shard_examples  # noqa: E402
 
@@ -25,6 +25,7 @@ SIZES = (64, 128)
 SHARD_SIZE = 8  # the small cohort's ~26 rows make several groups per split
 IN_PROCESS = ["--runner", "FnApiRunner", "--direct_num_workers", "2", "--direct_running_mode", "multi_threading"]
 RUN_FACTS = ("elapsed_s", "workers", "runner")  # how a run went, not what it wrote
+MANIFEST_NAME = "manifest-Zürich-北京.csv"
 
 
 def load_tool():
@@ -43,11 +44,21 @@ def without(summary: dict, keys=RUN_FACTS) -> dict:
     return {key: value for key, value in summary.items() if key not in keys}
 
 
+def summary_text_without_run_facts(out_dir: Path) -> list[str]:
+    """summary.json's lines as written (encoding included), less run facts and the commas that depend on them."""
+    return [line.rstrip(",") for line in (out_dir / "summary.json").read_text(encoding="utf-8").splitlines()
+            if not line.strip().startswith(tuple(f'"{key}":' for key in RUN_FACTS))]
+
+
 @pytest.fixture(scope="module")
 def both(phantom, tmp_path_factory):
-    """(manifest, local out, local summary, beam out, beam summary) on the small phantom cohort."""
+    """(manifest, local out, local summary, beam out, beam summary) on the small phantom cohort.
+
+    The manifest's file name is not ASCII, so the name in rejects.csv and summary.json shows their encoding.
+    """
     cohort_dir, _ = phantom
-    manifest = load_manifest(cohort_dir / "manifest.csv", cohort_dir / "labs.csv")
+    shutil.copyfile(cohort_dir / "manifest.csv", cohort_dir / MANIFEST_NAME)
+    manifest = load_manifest(cohort_dir / MANIFEST_NAME, cohort_dir / "labs.csv")
     local_out, beam_out = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("beam")
     local = write_records(manifest, local_out, config())
     beam = write_records_beam(manifest, str(beam_out), config(), IN_PROCESS)
@@ -66,11 +77,17 @@ def test_beam_writes_the_same_examples_as_local(both):
 
 def test_beam_rejects_summary_and_markers_match_local(both):
     _, local_out, local, beam_out, beam = both
-    assert (beam_out / "rejects.csv").read_text() == (local_out / "rejects.csv").read_text()
-    rejected_images = [line for line in (beam_out / "rejects.csv").read_text().splitlines() if ",image," in line]
+    assert (beam_out / "rejects.csv").read_bytes() == (local_out / "rejects.csv").read_bytes()
+    rejects = (beam_out / "rejects.csv").read_text(encoding="utf-8").splitlines()
+    assert rejects[0] == "source,row,image_path,stage,reason,column,detail"
+    assert {line.split(",")[0] for line in rejects[1:]} >= {MANIFEST_NAME}
+    rejected_images = [line for line in rejects if ",image," in line]
     assert rejected_images, "the phantom cohort plants image-stage defects; the Beam workers must reject them"
-    assert json.loads((beam_out / "summary.json").read_text()) == beam
+    assert json.loads((beam_out / "summary.json").read_text(encoding="utf-8")) == beam
     assert without(beam) == without(local) and beam["rows"] == beam["written"] + beam["rejected"]
+    # Same bytes apart from the run facts: the manifest's name is written as UTF-8, not as \u escapes.
+    assert summary_text_without_run_facts(beam_out) == summary_text_without_run_facts(local_out)
+    assert f'"manifest": "{MANIFEST_NAME}"' in (beam_out / "summary.json").read_text(encoding="utf-8")
     assert beam["runner"] == "beam:FnApiRunner" and beam["workers"] is None
     # Same progress markers, so either runner resumes the other's output.
     assert file_bytes(beam_out / PROGRESS_DIR, "*.json") == file_bytes(local_out / PROGRESS_DIR, "*.json")
@@ -110,8 +127,8 @@ def test_raw_patient_ids_stay_on_the_launcher(both, monkeypatch, tmp_path):
     def keep(path, text):  # the rows file is the only thing the launcher hands to workers
         staged[path] = text
 
-    monkeypatch.setattr(beam_module, "_write_atomically", keep)
-    groups = beam_module.plan_shards(manifest.rows, SHARD_SIZE)
+    monkeypatch.setattr(beam_module, "write_text", keep)
+    groups = plan_shards(manifest.rows, SHARD_SIZE)
     beam_module._stage_rows(str(tmp_path / "rows.jsonl"), groups)
     rows = [json.loads(line)["row"] for line in staged[str(tmp_path / "rows.jsonl")].splitlines()]
     assert len(rows) == len(manifest.rows) and {row["patient_id"] for row in rows} == {""}

@@ -1,11 +1,13 @@
 """Manifest validation: row/column-specific rejects, labels, pairing and patient-level splits."""
 
 import math
+import pickle
 from collections import defaultdict
 
 import pytest
 
 from bnp_cxr.data.manifest import ManifestConfig, ManifestError, SplitConfig, load_manifest
+from bnp_cxr.rejects import REJECT_FIELDS, Reject, rejects_csv
 
 HEADER = "patient_id,image_path,study_datetime,bnp,bnpp,view,split\n"
 
@@ -137,3 +139,18 @@ def test_labs_table_and_inline_values_conflict(folder):
     labs_path.write_text("patient_id,lab_datetime,test,value\n")
     with pytest.raises(ManifestError, match="one source"):
         load_manifest(write(folder, "P1,img/a.png,2020-01-01,50,,PA,\n"), labs_path)
+
+
+@pytest.mark.parametrize("reject, line", [
+    (Reject(source="manifest.csv", row=7, image_path="img/a.png", stage="manifest", reason="bad_split",
+            column="split", detail="split 'x'"), "manifest.csv,7,img/a.png,manifest,bad_split,split,split 'x'"),
+    (Reject(source="labs.csv", row=3, stage="labs", reason="bad_lab_row", column="value", detail="n/a, no number"),
+     'labs.csv,3,,labs,bad_lab_row,value,"n/a, no number"'),
+    # Optional fields stay empty; mask_path is not a rejects.csv column.
+    (Reject(image_path="Zürich.dcm", mask_path="m.png", reason="bad_mask"), ",,Zürich.dcm,,bad_mask,,"),
+])
+def test_rejects_csv_lines(reject, line):
+    assert rejects_csv([reject]) == ",".join(REJECT_FIELDS) + "\r\n" + line + "\r\n"
+    assert pickle.loads(pickle.dumps(reject)) == reject  # decode workers return rejects across processes
+    with pytest.raises(TypeError):
+        Reject("manifest.csv", 7, reason="x")  # keywords only: the fields are easy to swap by position

@@ -24,6 +24,7 @@ import pandas as pd
 from bnp_cxr.data import labs as labs_mod
 from bnp_cxr.data.labs import LabValueError, PositivityThresholds
 from bnp_cxr.data.privacy import pseudonymize, resolve_salt, unit_interval_hash
+from bnp_cxr.rejects import Reject
 from bnp_cxr.workspace import LATERAL_VIEWS, SPLITS
 
 REQUIRED_COLUMNS = ("patient_id", "image_path", "study_datetime")
@@ -66,19 +67,6 @@ class ManifestConfig:
     allow_lateral: bool = False
     salt: str | None = None
     allow_outside_root: bool = False  # accept absolute paths and ../ paths outside the manifest's folder
-
-
-@dataclass(frozen=True)
-class Reject:
-    """One input row that was not written, and why."""
-
-    source: str  # file name of the manifest or labs table
-    row: int  # CSV line number (header = 1)
-    image_path: str
-    stage: str  # "manifest", "labs" or "image"
-    reason: str  # short stable code
-    column: str
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -247,7 +235,8 @@ def load_manifest(path: str | os.PathLike, labs_path: str | os.PathLike | None =
     accepted: list[dict] = []
 
     def reject(row: int, image_path: str, column: str, reason: str, detail: str, stage: str = "manifest") -> None:
-        rejects.append(Reject(path.name, row, image_path, stage, reason, column, detail))
+        rejects.append(Reject(source=path.name, row=row, image_path=image_path, stage=stage, reason=reason,
+                              column=column, detail=detail))
 
     records = frame.to_dict("records")
     conflicts = _image_conflicts(records, root)
@@ -317,10 +306,9 @@ def _attach_labs(accepted: list[dict], labs_path: Path, config: ManifestConfig, 
         table = labs_mod.load_labs(str(labs_path), first_data_row=FIRST_DATA_ROW)
     except LabValueError as error:
         raise ManifestError(str(error)) from error
-    for row, column, detail in table.invalid:
-        rejects.append(Reject(labs_path.name, row, "", "labs", "bad_lab_row", column, detail))
-    for row, column, detail in table.conflicts:
-        rejects.append(Reject(labs_path.name, row, "", "labs", "conflicting_lab", column, detail))
+    for reason, problems in (("bad_lab_row", table.invalid), ("conflicting_lab", table.conflicts)):
+        rejects.extend(Reject(source=labs_path.name, row=row, stage="labs", reason=reason, column=column, detail=detail)
+                       for row, column, detail in problems)
     studies = pd.DataFrame(
         {"patient_id": [item["patient_id"] for item in accepted],
          "study_datetime": pd.to_datetime([item["study_datetime"] for item in accepted])}

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
 
 from bnp_cxr.data import imaging
 from bnp_cxr.records.schema import UINT16_MAX, RecordImage
+from bnp_cxr.rejects import Reject
 
 
 @dataclass(frozen=True)
@@ -124,15 +126,6 @@ class Prepared:
     source_spacing_mm: tuple[float, float] | None
 
 
-@dataclass(frozen=True)
-class Failure:
-    """Why a row's image could not be prepared."""
-
-    reason: str
-    column: str
-    detail: str
-
-
 def model_image(pixels: np.ndarray, geometry: Geometry, window: tuple[float, float] | None = None) -> np.ndarray:
     """The stored image: letterboxed, intensity-windowed (the image's own window unless given), uint16."""
     window = imaging.intensity_window(pixels) if window is None else window
@@ -141,12 +134,12 @@ def model_image(pixels: np.ndarray, geometry: Geometry, window: tuple[float, flo
     return np.rint(windowed * UINT16_MAX).astype(np.uint16)
 
 
-def prepare_row(row, sizes: tuple[int, ...], allow_lateral: bool = False) -> Prepared | Failure:
-    """Decode one row's image once and produce its records at every size, or say why not."""
+def prepare_row(row, sizes: tuple[int, ...], allow_lateral: bool = False) -> Prepared | Reject:
+    """Decode one row's image once and produce its records at every size, or say why not (reason, column, detail)."""
     try:
         radiograph = imaging.read_radiograph(row.abs_path, allow_lateral=allow_lateral)
     except imaging.RadiographError as error:
-        return Failure(error.reason, "image_path", error.detail)
+        return Reject(stage="image", reason=error.reason, column="image_path", detail=error.detail)
     pixels = radiograph.pixels
     shape = pixels.shape
     try:
@@ -154,7 +147,7 @@ def prepare_row(row, sizes: tuple[int, ...], allow_lateral: bool = False) -> Pre
         components = (read_mask(row.component_mask_path, shape, binary=False, column="component_mask_path")
                       if row.component_mask_path else None)
     except MaskError as error:
-        return Failure(error.reason, error.column, error.detail)
+        return Reject(stage="image", reason=error.reason, column=error.column, detail=error.detail)
     masks = MaskStack(lung, components)
     window = imaging.intensity_window(pixels)
     spacing = radiograph.pixel_spacing_mm
@@ -172,3 +165,14 @@ def prepare_row(row, sizes: tuple[int, ...], allow_lateral: bool = False) -> Pre
             content_box=geometry.content_box,
         )
     return Prepared(records=records, source_shape=shape, source_spacing_mm=spacing)
+
+
+def prepare_safely(row, sizes: tuple[int, ...], allow_lateral: bool,
+                   prepare: Callable[..., Prepared | Reject] = prepare_row) -> Prepared | Reject:
+    """prepare(row, sizes, allow_lateral), an exception it raises becoming a `processing_error` reject."""
+    # A bug or an unforeseen decoder error on one file must reject that row, not stop the archive.
+    try:
+        return prepare(row, sizes, allow_lateral)
+    except Exception as error:  # noqa: BLE001 - reported per row in rejects.csv
+        return Reject(stage="image", reason="processing_error", column="image_path",
+                      detail=f"{type(error).__name__}: {error}")
