@@ -154,3 +154,37 @@ def test_rejects_csv_lines(reject, line):
     assert pickle.loads(pickle.dumps(reject)) == reject  # decode workers return rejects across processes
     with pytest.raises(TypeError):
         Reject("manifest.csv", 7, reason="x")  # keywords only: the fields are easy to swap by position
+
+
+FINDINGS_HEADER = "patient_id,image_path,study_datetime,bnp,bnpp,edema,cardiomegaly,comment\n"
+
+
+@pytest.mark.parametrize("cells, expected", [
+    ("1,0", (("edema", 1), ("cardiomegaly", 0))),
+    ("1.0,0.0", (("edema", 1), ("cardiomegaly", 0))),
+    (",1", (("edema", -1), ("cardiomegaly", 1))),
+    (" 0 , ", (("edema", 0), ("cardiomegaly", -1))),
+])
+def test_finding_columns_travel_with_the_row(folder, cells, expected):
+    manifest = load_manifest(write(folder, f"P1,img/a.png,2020-01-01,50,,{cells},note\n", FINDINGS_HEADER))
+    assert manifest.finding_columns == ("edema", "cardiomegaly") and manifest.rejects == []
+    assert manifest.rows[0].findings == expected
+
+
+@pytest.mark.parametrize("cells, column", [("-1,0", "edema"), ("1,yes", "cardiomegaly"), ("2,0", "edema")])
+def test_a_bad_finding_cell_rejects_its_row_only(folder, cells, column):
+    body = f"P0,img/b.png,2020-01-01,50,,1,0,\nP1,img/a.png,2020-01-01,50,,{cells},\n"
+    manifest = load_manifest(write(folder, body, FINDINGS_HEADER))
+    assert [row.row for row in manifest.rows] == [2]
+    assert rejects_by_row(manifest) == {3: (column, "bad_finding")}
+
+
+def test_the_same_image_with_different_findings_is_a_conflict(folder):
+    body = "P1,img/a.png,2020-01-01,50,,1,0,\nP1,img/a.png,2020-01-01,50,,0,0,\n"
+    manifest = load_manifest(write(folder, body, FINDINGS_HEADER))
+    assert rejects_by_row(manifest) == {2: ("edema", "conflicting_duplicate"), 3: ("edema", "conflicting_duplicate")}
+
+
+def test_a_manifest_without_finding_columns_has_none(folder):
+    manifest = load_manifest(write(folder, "P1,img/a.png,2020-01-01,50,,PA,\n"))
+    assert manifest.finding_columns == () and manifest.rows[0].findings == ()

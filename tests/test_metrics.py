@@ -248,3 +248,26 @@ def test_a_site_measuring_only_one_test_gets_undefined_metrics_for_the_other(mis
     figures.roc_figure(frame, result, tmp_path / "roc.png")
     figures.scatter_figure(frame, result, tmp_path / "scatter.png")
     assert (tmp_path / "roc.png").stat().st_size > 0 and (tmp_path / "scatter.png").stat().st_size > 0
+
+
+def finding_table(seed: int = 0, n: int = 300):
+    rng = np.random.default_rng(seed)
+    edema = rng.integers(0, 2, n)
+    pred = 2.5 + 0.8 * edema + rng.normal(0, 0.6, n)
+    return {"patient_id": [f"p{i // 2}" for i in range(n)], "pred_log10_bnpp": pred,
+            "edema": np.where(rng.random(n) < 0.2, -1, edema), "tb": np.zeros(n, int)}
+
+
+def test_finding_aucs_match_sklearn_on_the_known_rows_with_a_patient_bootstrap():
+    table = finding_table()
+    result = metrics.finding_aucs(table, ["edema", "tb"], n_boot=1000, seed=3)
+    known = table["edema"] >= 0
+    expected = roc_auc_score(table["edema"][known], table["pred_log10_bnpp"][known])
+    edema = result["edema"]
+    assert edema["estimate"] == pytest.approx(expected, abs=1e-12)
+    assert edema["n"] == known.sum() and edema["n_positive"] == table["edema"][known].sum()
+    assert edema["ci_low"] < edema["estimate"] < edema["ci_high"] and edema["n_boot_valid"] == 1000
+    assert edema["n_patients"] == len({p for p, k in zip(table["patient_id"], known) if k})
+    # One class only: no AUC, reported as such rather than dropped.
+    assert result["tb"]["estimate"] is None and result["tb"]["n_positive"] == 0
+    assert metrics.finding_aucs(table, ["edema"], n_boot=1000, seed=3) == {"edema": edema}  # seeded

@@ -25,7 +25,7 @@ from bnp_cxr.data import labs as labs_mod
 from bnp_cxr.data.labs import LabValueError, PositivityThresholds
 from bnp_cxr.data.privacy import pseudonymize, resolve_salt, unit_interval_hash
 from bnp_cxr.rejects import Reject
-from bnp_cxr.workspace import LATERAL_VIEWS, SPLITS
+from bnp_cxr.workspace import FINDINGS, LATERAL_VIEWS, SPLITS
 
 REQUIRED_COLUMNS = ("patient_id", "image_path", "study_datetime")
 LAB_COLUMNS = ("bnp", "bnpp")
@@ -90,6 +90,7 @@ class ImageRow:
     component_mask_path: str | None
     bnp_hours_from_study: float = math.nan
     bnpp_hours_from_study: float = math.nan
+    findings: tuple[tuple[str, int], ...] = ()  # (finding column, 1 / 0 / -1 = not given), manifest order
 
     @property
     def log10_bnp(self) -> float:
@@ -109,6 +110,7 @@ class Manifest:
     rejects: list[Reject]
     n_rows: int
     labs_summary: dict = field(default_factory=dict)
+    finding_columns: tuple[str, ...] = ()  # the manifest's columns named in bnp_cxr.workspace.FINDINGS
 
 
 class _RowRejected(Exception):
@@ -164,7 +166,9 @@ def _image_conflicts(records: list[dict], root: Path) -> dict[int, tuple[str, st
     for offset, record in enumerate(records):
         if record["image_path"].strip():
             offsets_of[normalise_path(root, record["image_path"])[0]].append(offset)
-    compared = [column for column in (*REQUIRED_COLUMNS, *LAB_COLUMNS, *OPTIONAL_COLUMNS) if column != "image_path"]
+    findings = [column for column in FINDINGS if records and column in records[0]]
+    columns = (*REQUIRED_COLUMNS, *LAB_COLUMNS, *OPTIONAL_COLUMNS, *findings)
+    compared = [column for column in columns if column != "image_path"]
     conflicts: dict[int, tuple[str, str, str]] = {}
     for image_path, offsets in offsets_of.items():
         if len(offsets) < 2:
@@ -216,20 +220,8 @@ def load_manifest(path: str | os.PathLike, labs_path: str | os.PathLike | None =
     """Validate a manifest (and optional labs table) into image rows and rejects."""
     config = config or ManifestConfig()
     path = Path(path)
-    frame = _read_csv(path)
-    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
-    if labs_path is None:
-        missing += [column for column in LAB_COLUMNS if column not in frame.columns]
-    if missing:
-        raise ManifestError(f"{path}: missing required column(s) {missing}; found {list(frame.columns)}")
-    for column in (*REQUIRED_COLUMNS, *LAB_COLUMNS, *OPTIONAL_COLUMNS):
-        if column not in frame.columns:
-            frame[column] = ""
-    has_inline_labs = any((frame[column].str.strip() != "").any() for column in LAB_COLUMNS)
-    if labs_path is not None and has_inline_labs:
-        raise ManifestError(f"{path}: has bnp/bnpp values and a labs table was given; use one source of labs")
-
-    salt = resolve_salt(config.salt)
+    frame = _checked_frame(path, labs_path is not None)
+    findings = tuple(column for column in frame.columns if column in FINDINGS)
     root = path.parent
     rejects: list[Reject] = []
     accepted: list[dict] = []
@@ -245,7 +237,7 @@ def load_manifest(path: str | os.PathLike, labs_path: str | os.PathLike | None =
         try:
             if offset in conflicts:
                 raise _RowRejected(*conflicts[offset])
-            accepted.append(_validate_row(record, row, root, config, labs_path is not None))
+            accepted.append(_validate_row(record, row, root, config, labs_path is not None, findings))
         except _RowRejected as error:
             reject(row, record["image_path"], error.column, error.reason, error.detail)
 
@@ -253,12 +245,37 @@ def load_manifest(path: str | os.PathLike, labs_path: str | os.PathLike | None =
     if labs_path is not None:
         accepted, labs_summary = _attach_labs(accepted, Path(labs_path), config, rejects, reject)
     accepted = _resolve_patient_splits(accepted, reject)
+    rows = _image_rows(accepted, config, labs_path is not None, reject)
+    rejects.sort(key=lambda r: (r.stage != "labs", r.row))
+    return Manifest(path=path, rows=rows, rejects=rejects, n_rows=len(frame), labs_summary=labs_summary,
+                    finding_columns=findings)
 
+
+def _checked_frame(path: Path, labs_table: bool) -> pd.DataFrame:
+    """The manifest as strings with every known column present; ManifestError for a missing required one."""
+    frame = _read_csv(path)
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if not labs_table:
+        missing += [column for column in LAB_COLUMNS if column not in frame.columns]
+    if missing:
+        raise ManifestError(f"{path}: missing required column(s) {missing}; found {list(frame.columns)}")
+    for column in (*REQUIRED_COLUMNS, *LAB_COLUMNS, *OPTIONAL_COLUMNS):
+        if column not in frame.columns:
+            frame[column] = ""
+    has_inline_labs = any((frame[column].str.strip() != "").any() for column in LAB_COLUMNS)
+    if labs_table and has_inline_labs:
+        raise ManifestError(f"{path}: has bnp/bnpp values and a labs table was given; use one source of labs")
+    return frame
+
+
+def _image_rows(accepted: list[dict], config: ManifestConfig, paired: bool, reject) -> list[ImageRow]:
+    """ImageRows with pseudonymous keys, split and positivity; rows with neither lab are rejected (no_label)."""
+    salt = resolve_salt(config.salt)
     rows = []
     for item in accepted:
         bnp, bnpp = item.pop("bnp"), item.pop("bnpp")
         if math.isnan(bnp[0]) and math.isnan(bnpp[0]):
-            window = f" within {config.pairing_window_hours:g} h of the study" if labs_path is not None else ""
+            window = f" within {config.pairing_window_hours:g} h of the study" if paired else ""
             reject(item["row"], item["image_path"], "bnp,bnpp", "no_label", f"no BNP or BNPP value{window}")
             continue
         patient_id = item["patient_id"]
@@ -270,11 +287,23 @@ def load_manifest(path: str | os.PathLike, labs_path: str | os.PathLike | None =
             positive=labs_mod.combined_positivity(bnp, bnpp, config.thresholds),
             **{key: value for key, value in item.items() if key != "study_datetime"},
         ))
-    rejects.sort(key=lambda r: (r.stage != "labs", r.row))
-    return Manifest(path=path, rows=rows, rejects=rejects, n_rows=len(frame), labs_summary=labs_summary)
+    return rows
 
 
-def _validate_row(record: dict, row: int, root: Path, config: ManifestConfig, pairing: bool) -> dict:
+def _parse_findings(record: dict, columns: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """(column, 1 / 0 / -1) per finding column: 1 / 0 as given (also 1.0 / 0.0), -1 for an empty cell."""
+    values = []
+    for column in columns:
+        cell = record[column].strip()
+        value = {"": -1, "0": 0, "1": 1, "0.0": 0, "1.0": 1}.get(cell)
+        if value is None:
+            raise _RowRejected(column, "bad_finding", f"{column} {record[column]!r} is not 1, 0 or empty")
+        values.append((column, value))
+    return tuple(values)
+
+
+def _validate_row(record: dict, row: int, root: Path, config: ManifestConfig, pairing: bool,
+                  finding_columns: tuple[str, ...] = ()) -> dict:
     patient_id = record["patient_id"].strip()
     if not patient_id:
         raise _RowRejected("patient_id", "missing_patient_id", "patient_id is empty")
@@ -297,7 +326,8 @@ def _validate_row(record: dict, row: int, root: Path, config: ManifestConfig, pa
         masks[column] = (resolve_relative_path(root, record[column], column, config.allow_outside_root)[1]
                          if record[column].strip() else None)
     return dict(row=row, image_path=image_path, abs_path=abs_path, patient_id=patient_id, split=split, view=view,
-                study_datetime=study_datetime, bnp=bnp, bnpp=bnpp, **masks)
+                study_datetime=study_datetime, bnp=bnp, bnpp=bnpp, findings=_parse_findings(record, finding_columns),
+                **masks)
 
 
 def _attach_labs(accepted: list[dict], labs_path: Path, config: ManifestConfig, rejects: list[Reject],

@@ -38,12 +38,18 @@ class RecordImage:
     content_box: tuple[int, int, int, int]  # top, left, bottom, right (exclusive) of the non-padding area
 
 
-def feature_spec():
-    """The tf.io parsing spec of a record (optional features default to empty / NaN / -1)."""
+def finding_key(name: str) -> str:
+    """The feature holding a finding column (1 / 0 / -1 = not given): ``finding/<name>``."""
+    return f"finding/{name}"
+
+
+def feature_spec(findings: tuple[str, ...] = ()):
+    """The tf.io parsing spec of a record (optional features default to empty / NaN / -1), plus finding features."""
     import tensorflow as tf
 
     nan2 = [math.nan, math.nan]
     return {
+        **{finding_key(name): tf.io.FixedLenFeature([], tf.int64, default_value=-1) for name in findings},
         "image": tf.io.FixedLenFeature([], tf.string),
         "height": tf.io.FixedLenFeature([], tf.int64),
         "width": tf.io.FixedLenFeature([], tf.int64),
@@ -104,6 +110,8 @@ def serialize_example(row, record: RecordImage, source_shape: tuple[int, int],
     }
     if record.lung_mask is not None:
         features["lung_mask"] = _bytes(np.ascontiguousarray(record.lung_mask, dtype=np.uint8).tobytes())
+    # Only manifests with finding columns add features: records without them stay byte-identical.
+    features.update({finding_key(name): _ints(value) for name, value in getattr(row, "findings", ())})
     if record.component_mask is not None:
         features["component_mask"] = _bytes(np.ascontiguousarray(record.component_mask, dtype=np.uint8).tobytes())
     example = tf.train.Example(features=tf.train.Features(feature=features))
