@@ -9,13 +9,17 @@ addressable with `model.get_layer(name)`, which Grad-CAM needs (no nested sub-Mo
 
 from __future__ import annotations
 
+import io
+import json
 import urllib.error
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import keras
 from keras import layers
+from keras.src.utils import naming
 
 OUTPUT_NAME = "log10_bnp_bnpp"
 POOL_NAME = "global_pool"
@@ -135,12 +139,14 @@ def _graph(backbone: str, size: int, *, imagenet_stem: bool, download: bool, dro
     return keras.Model(image, outputs, name=f"{backbone}_{size}px")
 
 
-def build_model(backbone: str, size: int, *, weights: str | None = None, dropout: float = 0.2) -> keras.Model:
+def build_model(backbone: str, size: int, *, weights: str | None = None, dropout: float = 0.2,
+                log: Callable[[str], None] | None = None) -> keras.Model:
     """A regressor [B, size, size, 1] in [0, 1] -> float32 [B, 2] = [log10 BNP, log10 BNPP].
 
     weights: None (from scratch, 1-channel stem), "imagenet" (3-channel replicated input with the
-    backbone's own ImageNet preprocessing in the graph), or a path to a .weights.h5 / .keras file of a
-    model with the same backbone and size (either stem; the one that fits is used).
+    backbone's own ImageNet preprocessing in the graph), or a path to a .weights.h5 / .keras file,
+    loaded layer by layer as `load_checkpoint` describes (either stem; the first one that fits is
+    used); `log` receives which layers were loaded and which kept their initialisation.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
@@ -157,16 +163,114 @@ def build_model(backbone: str, size: int, *, weights: str | None = None, dropout
         raise ValueError(f"weights file {path} must end with one of {WEIGHTS_SUFFIXES} (or pass 'imagenet' / None)")
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} not found")
+    checkpoint = _read_checkpoint(path)
     errors = []
     # A run started from ImageNet keeps the 3-channel stem, a scratch run the 1-channel one: try both.
     for imagenet_stem in (False, True) if imagenet_ok else (False,):
         model = _graph(backbone, size, imagenet_stem=imagenet_stem, download=False, dropout=dropout)
         try:
-            model.load_weights(path)
-            return model
+            report = load_checkpoint(model, checkpoint)
         except ValueError as error:
             errors.append(f"{'3' if imagenet_stem else '1'}-channel stem: {error}")
+            continue
+        if log is not None:
+            log(f"Weights from {path} ({'3' if imagenet_stem else '1'}-channel stem): {report}")
+        return model
     raise ValueError(f"{path} does not fit a {backbone} model at {size} px: " + " | ".join(errors))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A weights file's arrays per layer key: layer names (.keras) or Keras's structure keys (.weights.h5)."""
+
+    arrays: dict[str, list]
+    by_name: bool
+
+
+def structure_keys(class_names: list[str]) -> list[str]:
+    """Keras's .weights.h5 keys of layers with these class names, in layer order: conv2d, conv2d_1, dense, ..."""
+    # keras.saving stores no layer names: each layer under its snake_case class name, numbered from the second on.
+    counts: dict[str, int] = {}
+    keys = []
+    for class_name in class_names:
+        base = naming.to_snake_case(class_name)
+        counts[base] = counts.get(base, -1) + 1
+        keys.append(f"{base}_{counts[base]}" if counts[base] else base)
+    return keys
+
+
+def _h5_arrays(handle, source: Path) -> dict[str, list]:
+    """The arrays of each top-level layer of a Keras 3 weights file by structure key (layers with weights only)."""
+    import h5py
+
+    group = handle.get("layers")
+    if not isinstance(group, h5py.Group):
+        raise ValueError(f"{source} holds no Keras 3 layer weights (no 'layers' group)")
+    return {key: [item["vars"][str(index)][()] for index in range(len(item["vars"]))]
+            for key, item in group.items() if isinstance(item.get("vars"), h5py.Group) and len(item["vars"])}
+
+
+def _read_checkpoint(path: Path) -> Checkpoint:
+    """A .weights.h5 file's arrays by structure key, or a .keras file's by layer name (from its config.json).
+
+    Read from the files without building the saved model: no custom objects needed, and no random draws
+    that would change the initialisation of the layers the checkpoint does not cover.
+    """
+    import h5py
+
+    if path.name.endswith(".weights.h5"):
+        with h5py.File(path, "r") as handle:
+            return Checkpoint(_h5_arrays(handle, path), by_name=False)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            saved_layers = json.loads(archive.read("config.json"))["config"]["layers"]
+            with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as handle:
+                by_key = _h5_arrays(handle, path)
+    except (zipfile.BadZipFile, KeyError, TypeError, ValueError, OSError) as error:
+        raise ValueError(f"could not read the layers of the model in {path}: {error!r}") from error
+    keys = structure_keys([layer["class_name"] for layer in saved_layers])
+    return Checkpoint({layer["config"]["name"]: by_key[key] for key, layer in zip(keys, saved_layers) if key in by_key},
+                      by_name=True)
+
+
+def _names(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return f"{shown} and {len(items) - limit} more" if len(items) > limit else shown
+
+
+def load_checkpoint(model: keras.Model, checkpoint: Checkpoint) -> str:
+    """Copy a checkpoint's weights into the model's layers that it matches; returns what was loaded and left.
+
+    A .keras file's layers match the model's by layer name, so a checkpoint of any subset of the
+    layers (an encoder pretrained elsewhere with the backbone's layer names) loads. A .weights.h5 file
+    holds no layer names, only Keras's structure keys (see `structure_keys`): its layers match the
+    model's layers of the same class at the same position among that class. A matched layer must hold
+    arrays of the same shapes (else ValueError naming the layer and both shapes); nothing is copied
+    unless every matched layer fits, and at least one must match. Unmatched model layers keep their
+    initialisation, unmatched checkpoint layers are ignored. Only top-level layers count (a nested
+    sub-model's layers are not matched).
+    """
+    keys = ([layer.name for layer in model.layers] if checkpoint.by_name
+            else structure_keys([type(layer).__name__ for layer in model.layers]))
+    targets = {key: layer for key, layer in zip(keys, model.layers) if layer.weights}
+    matched = [key for key in targets if key in checkpoint.arrays]
+    for key in matched:
+        layer, arrays = targets[key], checkpoint.arrays[key]
+        expected = [tuple(variable.shape) for variable in layer.weights]
+        found = [tuple(array.shape) for array in arrays]
+        if expected != found:
+            where = "" if key == layer.name else f" ({key} in the file)"
+            raise ValueError(f"layer {layer.name!r}{where}: checkpoint shapes {found}, model shapes {expected}")
+    if not matched:
+        kind = "layer name" if checkpoint.by_name else "structure key"
+        raise ValueError(f"no layer matches by {kind} (checkpoint layers: {_names(sorted(checkpoint.arrays))})")
+    for key in matched:
+        targets[key].set_weights(checkpoint.arrays[key])
+    kept = [layer.name for key, layer in targets.items() if key not in checkpoint.arrays]
+    ignored = sorted(set(checkpoint.arrays) - set(targets))
+    report = f"loaded {len(matched)} of {len(targets)} layers with weights"
+    report += f"; left at their initialisation: {_names(kept)}" if kept else ""
+    return report + (f"; not in the model, ignored: {_names(ignored)}" if ignored else "")
 
 
 def synchronize_batchnorm(model: keras.Model) -> int:

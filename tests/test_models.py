@@ -130,10 +130,77 @@ def test_bad_arguments_are_rejected(backbone, weights, kwargs, error, match):
         build_model(backbone, SIZE, weights=weights, **kwargs)
 
 
-def test_weights_file_of_another_architecture_is_rejected(tmp_path):
-    build_model("small_cnn", 2 * SIZE).save_weights(tmp_path / "other.weights.h5")
-    with pytest.raises(ValueError, match="does not fit a resnet50 model"):
-        build_model("resnet50", SIZE, weights=str(tmp_path / "other.weights.h5"))
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_weights_file_of_another_architecture_is_rejected(tmp_path, suffix):
+    other = build_model("small_cnn", 2 * SIZE)
+    path = tmp_path / f"other{suffix}"
+    other.save_weights(path) if suffix == ".weights.h5" else other.save(path)
+    # .weights.h5: the first conv of each (structure key conv2d); .keras: the output layer, the only shared name.
+    layer, found, expected = {".weights.h5": ("conv1_conv", r"\(5, 5, 1, 16\)", r"\(7, 7, 1, 64\)"),
+                              ".keras": (OUTPUT_NAME, r"\(160, 2\)", r"\(2048, 2\)")}[suffix]
+    with pytest.raises(ValueError, match=f"does not fit a resnet50 model.*layer '{layer}'.*{found}.*{expected}"):
+        build_model("resnet50", SIZE, weights=str(path))
+
+
+def encoder(kernel: int = 5) -> keras.Model:
+    """small_cnn's stem and first block under its layer names (in its layer order), random non-initial weights."""
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Conv2D(16, kernel, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.Conv2D(24, 3, padding="same", use_bias=False, name="block1_conv1")(x)
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="block1_bn1")(x))
+    rng = np.random.default_rng(7)
+    model.set_weights([rng.random(weight.shape).astype("float32") + 0.5 for weight in model.get_weights()])
+    return model
+
+
+def save(model: keras.Model, path) -> str:
+    model.save_weights(path) if str(path).endswith(".weights.h5") else model.save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_a_partial_checkpoint_loads_the_layers_it_matches(tmp_path, suffix, images):
+    source = encoder()
+    messages = []
+    model = build_model("small_cnn", SIZE, weights=save(source, tmp_path / f"encoder{suffix}"), log=messages.append)
+    for layer in source.layers[1:]:
+        for loaded, saved in zip(model.get_layer(layer.name).get_weights(), layer.get_weights()):
+            np.testing.assert_array_equal(loaded, saved)
+    np.testing.assert_array_equal(model.get_layer("block2_bn1").gamma, 1.0)  # left at its initialisation
+    assert len(messages) == 1 and "loaded 4 of 17 layers with weights" in messages[0]
+    assert "left at their initialisation: block2_conv1" in messages[0]
+    assert np.isfinite(model(images)).all()
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_a_checkpoint_layer_of_another_shape_is_named(tmp_path, suffix):
+    path = save(encoder(kernel=3), tmp_path / f"encoder{suffix}")
+    with pytest.raises(ValueError, match=r"layer 'stem_conv'.*checkpoint shapes \[\(3, 3, 1, 16\)\], "
+                                         r"model shapes \[\(5, 5, 1, 16\)\]"):
+        build_model("small_cnn", SIZE, weights=path)
+
+
+def test_a_checkpoint_without_a_matching_layer_is_rejected(tmp_path):
+    inputs = keras.Input((4,))
+    path = save(keras.Model(inputs, keras.layers.Dense(2, name="elsewhere")(inputs)), tmp_path / "other.keras")
+    with pytest.raises(ValueError, match="no layer matches by layer name.*elsewhere"):
+        build_model("small_cnn", SIZE, weights=path)
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "densenet121"])
+def test_structure_keys_are_the_keys_keras_saves_layers_under(tmp_path, backbone):
+    import h5py
+
+    model = build_model(backbone, SIZE)
+    model.save_weights(tmp_path / "model.weights.h5")
+    with h5py.File(tmp_path / "model.weights.h5", "r") as handle:
+        saved = {key: [item["vars"][str(i)].shape for i in range(len(item["vars"]))]
+                 for key, item in handle["layers"].items() if "vars" in item and len(item["vars"])}
+    keys = models.structure_keys([type(layer).__name__ for layer in model.layers])
+    ours = {key: [tuple(weight.shape) for weight in layer.weights] for key, layer in zip(keys, model.layers)
+            if layer.weights}
+    assert ours == saved
 
 
 def test_load_model_round_trip(tmp_path, images):

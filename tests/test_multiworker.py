@@ -84,7 +84,8 @@ def test_settings_digest_covers_what_workers_share():
     # Each machine may mount the records elsewhere; the data fingerprint stands for their content.
     assert settings_digest(dataclasses.replace(base, records_dir="/mnt/b"), fingerprint) == digest
     assert settings_digest(dataclasses.replace(base, xla=True), fingerprint) == digest
-    for changed in ({"lr": 0.5}, {"epochs": 3}, {"batch_size": 16}, {"mixed_precision": "bfloat16"}):
+    for changed in ({"lr": 0.5}, {"epochs": 3}, {"batch_size": 16}, {"mixed_precision": "bfloat16"},
+                    {"optimizer": "adamw"}, {"optimizer": "sgd", "momentum": 0.9}):
         assert settings_digest(dataclasses.replace(base, **changed), fingerprint) != digest, changed
     assert settings_digest(base, {"sha256": "abd"}) != digest
     assert 0 <= digest < 2 ** 24

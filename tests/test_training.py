@@ -17,10 +17,11 @@ from sklearn.metrics import roc_auc_score
 from archives import heart_records
 from bnp_cxr.records.reader import make_dataset
 from bnp_cxr.training import MaskedL1, MaskedMAE, ThresholdAUC, TrainConfig, make_config, resolve, train
-from bnp_cxr.training.config import identity_mismatches
+from bnp_cxr.training.config import gpus_visible, identity_mismatches
 from bnp_cxr.training.loop import (BACKUP_DIR, HISTORY_FILE, MODEL_FILE, completed_epochs, data_fingerprint,
                                    learning_rate, read_history, strategy_kind,
                                    tensorboard_available)
+from bnp_cxr.training.optimizers import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN = math.nan
@@ -164,7 +165,8 @@ def test_resolve_picks_backbone_and_precision(n_gpus, given, mixed, want_backbon
 
 def test_paper_preset_and_explicit_options_win():
     paper = make_config({}, preset="paper")
-    assert (paper.backbone, paper.weights, paper.loss_weights, paper.preset) == ("resnet152", "imagenet", (1, 1), "paper")
+    assert (paper.backbone, paper.weights, paper.loss_weights, paper.preset) == (
+        "resnet152", "imagenet", (1, 1), "paper")
     mine = make_config({"lr": 3e-4, "backbone": "resnet50"}, preset="paper")
     assert (mine.backbone, mine.lr, mine.weights) == ("resnet50", 3e-4, "imagenet")
 
@@ -173,6 +175,10 @@ def test_paper_preset_and_explicit_options_win():
     ({"schedule": "linear"}, "schedule"), ({"size": 16}, "size"), ({"loss_weights": (0.0, 0.0)}, "loss_weights"),
     ({"backbone": "vgg16"}, "backbone"), ({"warmup_epochs": 5, "epochs": 5}, "warmup"),
     ({"mixed_precision": "maybe"}, "mixed_precision"), ({"nonsense": 1}, "unknown options"),
+    ({"optimizer": "rmsprop"}, "optimizer must be one of"), ({"weight_decay": 1e-4}, "weight_decay needs"),
+    ({"optimizer": "adamw", "weight_decay": -1.0}, "weight_decay must be >= 0"),
+    ({"optimizer": "adamw", "momentum": 0.9}, "momentum is an sgd setting"),
+    ({"optimizer": "sgd", "momentum": 1.0}, "momentum must be in"),
 ])
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
@@ -195,6 +201,21 @@ def test_config_json_round_trip_and_identity_mismatches():
 ])
 def test_strategy_kind(tf_config, n_gpus, expected):
     assert strategy_kind(tf_config, n_gpus) == expected
+
+
+@pytest.mark.parametrize("options, reference", [
+    ({}, lambda: keras.optimizers.Adam(1e-3)),  # the default is Keras's Adam, untouched
+    ({"optimizer": "adamw", "weight_decay": 1e-4}, lambda: keras.optimizers.AdamW(1e-3, weight_decay=1e-4)),
+    ({"optimizer": "adamw"}, lambda: keras.optimizers.AdamW(1e-3, weight_decay=0.0)),
+    ({"optimizer": "sgd"}, lambda: keras.optimizers.SGD(1e-3)),
+    ({"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4},
+     lambda: keras.optimizers.SGD(1e-3, momentum=0.9, weight_decay=1e-4)),
+])
+def test_make_optimizer_builds_the_configured_keras_optimizer(options, reference):
+    optimizer = make_optimizer(TrainConfig(schedule="constant", **options), steps_per_epoch=10)
+    expected = reference()
+    unnamed = [{key: value for key, value in opt.get_config().items() if key != "name"} for opt in (optimizer, expected)]
+    assert type(optimizer) is type(expected) and unnamed[0] == unnamed[1]
 
 
 @pytest.mark.parametrize("schedule, warmup_epochs, checks", [
@@ -239,7 +260,9 @@ def test_run_folder_holds_model_config_history_and_logs(finished_run, records):
     run_dir = finished_run.run_dir
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["size"] == 64 and saved["records_dir"] == str(records) and saved["backbone"] == "small_cnn"
-    assert saved["mixed_precision"] == "off" and saved["seed"] == 0
+    assert saved["mixed_precision"] == ("on" if gpus_visible() else "off") and saved["seed"] == 0
+    assert (saved["optimizer"], saved["weight_decay"], saved["compute"]["optimizer"]) == (
+        "adam", 0.0, "LossScaleOptimizer" if gpus_visible() else "Adam")
     assert set(saved["versions"]) >= {"tensorflow", "keras", "numpy", "bnp_cxr"}
     assert saved["data"] == data_fingerprint(records, 64) and saved["data"]["images"] == SPLIT_SIZES
     assert saved["steps_per_epoch"] == SPLIT_SIZES["train"] // 8
@@ -343,7 +366,9 @@ def test_cli_trains_with_default_backbone_and_refuses_to_clobber(records, tmp_pa
     env_args = ("--records", str(records), "--size", "64", "--epochs", "1", "--batch-size", "8", "--n-boot", "1000")
     first = run_cli(*env_args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "no GPU visible: using small_cnn" in first.stdout
+    n_gpus = gpus_visible()  # the CLI's subprocess sees the same devices
+    expected = f"{n_gpus} GPU(s) visible: using resnet152" if n_gpus else "no GPU visible: using small_cnn"
+    assert expected in first.stdout
     assert "1 of 1 epochs done" in first.stdout
     run_dir = tmp_path / "work" / "runs" / "size64"
     assert (run_dir / MODEL_FILE).is_file() and (run_dir / "config.json").is_file()
@@ -355,3 +380,39 @@ def test_cli_trains_with_default_backbone_and_refuses_to_clobber(records, tmp_pa
     assert "auc_" in first.stdout and "test split" in first.stdout
     again = run_cli(*env_args, cwd=tmp_path)
     assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_cli_optimizer_options_build_adamw_and_are_recorded(records, tmp_path):
+    from bnp_cxr.cli.train import build_parser, training_options
+
+    args = build_parser().parse_args(["--optimizer", "adamw", "--weight-decay", "1e-4", "--records", str(records),
+                                      "--run-dir", str(tmp_path / "run"), "--size", "64", "--backbone", "small_cnn",
+                                      "--epochs", "1", "--batch-size", "8", "--mixed-precision", "off"])
+    seen = []
+
+    class Optimizer(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(self.model.optimizer)
+
+    result = train(make_config(training_options(args)), callbacks=[Optimizer()], verbose=0, log=lambda _: None)
+    assert type(seen[0]) is keras.optimizers.AdamW and seen[0].weight_decay == pytest.approx(1e-4)
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert (saved["optimizer"], saved["weight_decay"], saved["compute"]["optimizer"]) == ("adamw", 1e-4, "AdamW")
+
+
+def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_path):
+    run_dir = tmp_path / "old"
+    train(tiny_config(records, run_dir, epochs=1, mixed_precision="off"), verbose=0, log=lambda _: None)
+    saved = json.loads((run_dir / "config.json").read_text())
+    for name in ("optimizer", "weight_decay", "momentum"):
+        del saved[name]
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="optimizer: 'adam' -> 'sgd'"):
+        train(make_config({"run_dir": str(run_dir), "size": 64, "optimizer": "sgd"}, resume=True), verbose=0,
+              log=lambda _: None)
+    result = train(make_config({"run_dir": str(run_dir), "size": 64, "epochs": 2}, resume=True), verbose=0,
+                   log=lambda _: None)
+    assert result.epochs_completed == 2 and [row["epoch"] for row in result.history] == [0, 1]
+    resumed = json.loads((run_dir / "config.json").read_text())
+    assert (resumed["optimizer"], resumed["weight_decay"], resumed["compute"]["optimizer"]) == ("adam", 0.0, "Adam")
+    assert [session["resumed"] for session in resumed["sessions"]] == [False, True]

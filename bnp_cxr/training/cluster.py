@@ -12,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+from dataclasses import dataclass
+from typing import Any
 
 from bnp_cxr.workspace import RunDir
-from bnp_cxr.training.config import IDENTITY_FIELDS, TrainConfig
+from bnp_cxr.training.config import IDENTITY_FIELDS, TrainConfig, gpus_visible
 
 BACKUP_DIR = RunDir.BACKUP
 
@@ -69,6 +72,37 @@ def backup_name(chief: bool, worker: str) -> str:
     Keras: a backup_dir "cannot be reused elsewhere", so each worker keeps its own, and resumes from it.
     """
     return BACKUP_DIR if chief else f"{BACKUP_DIR}-{worker}"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """This process's place in a run: its strategy, whether it is the chief, and its name."""
+
+    strategy: Any
+    kind: str
+    n_gpus: int
+    chief: bool
+    worker: str
+    n_workers: int
+
+    @property
+    def replicas(self) -> int:
+        """Replicas in sync across the cluster (every GPU of every worker)."""
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def backup(self) -> str:
+        """This worker's BackupAndRestore folder in the run folder (see backup_name)."""
+        return backup_name(self.chief, self.worker)
+
+
+def start_strategy() -> Cluster:
+    """The run's tf.distribute strategy and this worker's role; MultiWorkerMirroredStrategy needs it first."""
+    n_gpus = gpus_visible()
+    kind = strategy_kind(os.environ.get("TF_CONFIG"), n_gpus)
+    strategy = make_strategy(kind, n_gpus)
+    chief, worker = worker_role(strategy)
+    return Cluster(strategy, kind, n_gpus, chief, worker, worker_count(strategy))
 
 
 def settings_digest(config: TrainConfig, fingerprint: dict) -> int:

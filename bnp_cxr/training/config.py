@@ -15,6 +15,7 @@ from bnp_cxr.workspace import RECORDS_DIR, RUNS_DIR, RunDir
 DEFAULT_RECORDS = str(RECORDS_DIR)
 DEFAULT_RUNS = str(RUNS_DIR)
 SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 MIXED_PRECISION = ("auto", "on", "off", "bfloat16")
 # Keras dtype policies: "on" is float16 compute with dynamic loss scaling (Keras wraps the optimizer in a
 # LossScaleOptimizer); bfloat16 has float32's exponent range, so it needs no loss scaling (Ampere+ GPUs, TPUs,
@@ -30,8 +31,9 @@ PRESETS: dict[str, dict[str, Any]] = {
               "schedule": "constant"},
 }
 # Options that define what a run learns: a resumed run must keep them (epochs may grow).
-IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "lr", "schedule", "warmup_epochs",
-                   "mixed_precision", "sync_batchnorm", "seed", "augment", "loss_weights", "dropout")
+IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
+                   "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
+                   "loss_weights", "dropout")
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,10 @@ class TrainConfig:
     weights: str | None = None  # None (from scratch), "imagenet" or a .weights.h5 / .keras path
     epochs: int = 20
     batch_size: int = 32  # global: split across replicas
+    optimizer: str = "adam"  # see OPTIMIZERS and training.optimizers.make_optimizer; Keras's defaults otherwise
     lr: float = 1e-3
+    weight_decay: float = 0.0  # decoupled weight decay of adamw / sgd
+    momentum: float = 0.0  # sgd only
     schedule: str = "cosine"  # steadier final epochs than a constant rate on small data
     warmup_epochs: float = 0.0  # linear warm-up from 0 to lr, then the schedule
     mixed_precision: str = "auto"  # auto = on (float16) when a GPU is visible; see POLICIES
@@ -70,6 +75,7 @@ class TrainConfig:
             problems.append("epochs, batch_size and shuffle_buffer must be >= 1")
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
+        problems.extend(self._optimizer_problems())
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not 0 <= self.warmup_epochs < self.epochs:
@@ -84,6 +90,21 @@ class TrainConfig:
             problems.append(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _optimizer_problems(self) -> list[str]:
+        if self.optimizer not in OPTIMIZERS:
+            return [f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"]
+        problems = []
+        if not self.weight_decay >= 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        # Keras's Adam with weight decay is AdamW: one name for one optimiser.
+        elif self.weight_decay and self.optimizer == "adam":
+            problems.append("weight_decay needs optimizer adamw or sgd (Adam with weight decay is adamw)")
+        if not 0 <= self.momentum < 1:
+            problems.append(f"momentum must be in [0, 1), got {self.momentum}")
+        elif self.momentum and self.optimizer != "sgd":
+            problems.append(f"momentum is an sgd setting, not one of {self.optimizer}")
+        return problems
 
     @property
     def run_path(self) -> Path:

@@ -12,6 +12,7 @@ since Keras lets no two callbacks share a backup_dir.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import hashlib
@@ -24,17 +25,20 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from bnp_cxr.files import atomic_path, write_json
-from bnp_cxr.training.cluster import (BACKUP_DIR, agree, backup_name, make_strategy, patch_keras_for_multi_worker,
-                                      settings_digest, strategy_kind, worker_count, worker_role)
+from bnp_cxr.training.cluster import (BACKUP_DIR, Cluster, agree, patch_keras_for_multi_worker, settings_digest,
+                                      start_strategy, strategy_kind)
 from bnp_cxr.workspace import SPLITS, RunDir
-from bnp_cxr.training.config import CONFIG_FILE, TrainConfig, dtype_policy, gpus_visible, identity_mismatches, resolve
+from bnp_cxr.training.config import CONFIG_FILE, TrainConfig, dtype_policy, identity_mismatches, resolve
+from bnp_cxr.training.inputs import make_datasets, val_batching
+from bnp_cxr.training.optimizers import learning_rate, make_optimizer
 
 MODEL_FILE, HISTORY_FILE, LOG_DIR = RunDir.MODEL, RunDir.HISTORY, RunDir.LOGS
 __all__ = ["BACKUP_DIR", "HISTORY_FILE", "LOG_DIR", "MODEL_FILE", "TrainResult", "completed_epochs", "count_records",
-           "data_fingerprint", "learning_rate", "read_history", "strategy_kind", "tensorboard_available", "train"]
+           "data_fingerprint", "learning_rate", "read_history", "strategy_kind", "tensorboard_available", "train",
+           "val_batching"]
 
 
 @dataclass(frozen=True)
@@ -108,21 +112,6 @@ def library_versions() -> dict[str, str]:
             "numpy": numpy.__version__, "bnp_cxr": bnp_cxr.__version__}
 
 
-def learning_rate(config: TrainConfig, steps_per_epoch: int):
-    """A float for a constant rate, else a keras schedule (cosine decay and / or linear warm-up), per step."""
-    import keras
-
-    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-    if config.schedule == "constant" and warmup_steps == 0:
-        return config.lr
-    total_steps = config.epochs * steps_per_epoch
-    # CosineDecay with alpha=1 never decays: a constant rate after the warm-up.
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup_steps else config.lr, decay_steps=max(total_steps - warmup_steps, 1),
-        alpha=1.0 if config.schedule == "constant" else 0.0,
-        warmup_target=config.lr if warmup_steps else None, warmup_steps=warmup_steps)
-
-
 def read_history(path: Path) -> list[dict[str, float]]:
     """Rows of a CSVLogger file as floats (epoch as int); [] when absent."""
     if not path.is_file():
@@ -178,57 +167,6 @@ def _check_run_dir(config: TrainConfig, fingerprint: dict, chief: bool, backup: 
     return saved
 
 
-def val_batching(n_val: int, batch_size: int, replicas: int) -> tuple[int, int]:
-    """(val batch size, val images left out each epoch): every replica must get a non-empty batch.
-
-    One replica: batch_size, the last batch partial. Several: a partial batch is split by the
-    per-replica size, leaving some replicas an empty batch, which Keras cannot run (BatchNorm shape
-    error). So the val batch is the largest multiple of `replicas` <= batch_size whose remainder is the
-    unavoidable n_val mod replicas, and that remainder (< replicas images) is left out.
-    """
-    if replicas == 1:
-        return batch_size, 0
-    candidates = range(replicas * max(1, batch_size // replicas), 0, -replicas)
-    batch = next(size for size in candidates if n_val % size == n_val % replicas)
-    return batch, n_val % replicas
-
-
-def _datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_workers: int):
-    import tensorflow as tf
-
-    from bnp_cxr.records.reader import AugmentConfig, make_dataset
-
-    n_train, n_val = fingerprint["images"]["train"], fingerprint["images"]["val"]
-    # Full batches only (when there are enough images): BatchNorm on a 1-image remainder is noise.
-    drop = n_train >= config.batch_size
-    train = make_dataset(config.records_dir, "train", config.size, batch_size=config.batch_size, training=True,
-                         augment=AugmentConfig() if config.augment else None, shuffle_buffer=config.shuffle_buffer,
-                         cache=config.cache, seed=config.seed, drop_remainder=drop)
-    val_batch, left_out = val_batching(n_val, config.batch_size, replicas)
-    try:
-        val = make_dataset(config.records_dir, "val", config.size, batch_size=val_batch, cache=config.cache,
-                           deterministic=True, drop_remainder=left_out > 0)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"{error}; training needs a val split to pick the best epoch") from None
-    # A known length: Keras then reads the val set whole each epoch without probing past its end.
-    val = val.apply(tf.data.experimental.assert_cardinality(n_val // val_batch if left_out else
-                                                            math.ceil(n_val / val_batch)))
-    if n_workers > 1:
-        # Batches are global: the strategy splits each into per-replica batches (tf.distribute input docs).
-        # Sharding by DATA: every worker reads every record and keeps its share of each batch. FILE sharding
-        # (each worker reads only its files) is refused by tf.data here: the augmentation's seed stream is a
-        # source that is not a file, and a split with fewer shard files than workers cannot be split by file.
-        # A deterministic order makes the workers' shares an exact partition of each epoch.
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        options.deterministic = True
-        train, val = train.with_options(options), val.with_options(options)
-    steps = n_train // config.batch_size if drop else 1
-    # Repeated with explicit steps: Keras then never probes past the end of an epoch of unknown length
-    # (which costs an optimizer step count per epoch) and every worker runs the same number of steps.
-    return train.repeat(), val, steps, left_out
-
-
 def tensorboard_available() -> bool:
     """Whether the tensorboard package (which tf.summary needs) is installed; TensorFlow does not require it."""
     return importlib.util.find_spec("tensorboard") is not None
@@ -250,107 +188,175 @@ def _callbacks(out_dir: Path, backup_dir: Path, best_so_far: float | None, extra
     ]
 
 
+@dataclass(frozen=True)
+class _Start:
+    """Where this session starts: the saved config.json (None for a new run), the data, epochs done, best val loss."""
+
+    saved: dict | None
+    fingerprint: dict
+    done: int
+    best: float | None
+
+
+def _best_val_loss(history: list[dict[str, float]]) -> float | None:
+    return min((row["val_loss"] for row in history if math.isfinite(row.get("val_loss", math.nan))), default=None)
+
+
+def _preflight(config: TrainConfig, cluster: Cluster) -> tuple[dict, dict | None]:
+    """(data fingerprint, saved config.json or None) once the records, batch size and run folder allow the run."""
+    fingerprint = data_fingerprint(config.records_dir, config.size)
+    images = fingerprint["images"]
+    if images["train"] == 0:
+        raise FileNotFoundError(f"no train records at {config.size} px in {config.records_dir}")
+    replicas = cluster.replicas
+    if replicas > 1 and (config.batch_size % replicas or images["train"] < config.batch_size
+                         or images["val"] < replicas):
+        raise ValueError(f"batch_size {config.batch_size} is global (split across {replicas} replicas): it must "
+                         "be a multiple of the replicas and at most the number of train images, and the val "
+                         "split needs an image per replica")
+    return fingerprint, _check_run_dir(config, fingerprint, cluster.chief, cluster.backup)
+
+
+def _agree_on_resume(config: TrainConfig, cluster: Cluster) -> _Start:
+    """Preflight, epochs done and the best val loss so far, agreed by every worker before anyone writes or trains."""
+    run_dir = Path(config.run_dir)
+    saved, failure, fingerprint, best = None, None, {}, None
+    try:
+        fingerprint, saved = _preflight(config, cluster)
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        failure = error
+    done = completed_epochs(run_dir, cluster.backup)
+    if cluster.chief and failure is None:
+        _trim_history(run_dir / HISTORY_FILE, done)
+        best = _best_val_loss(read_history(run_dir / HISTORY_FILE))
+    if cluster.n_workers > 1:
+        best = agree(cluster.strategy, chief=cluster.chief, failure=failure, done=done, best=best,
+                     digest=settings_digest(config, fingerprint) if failure is None else 0)
+    elif failure is not None:
+        raise failure
+    return _Start(saved, fingerprint, done, best)
+
+
+def _announce(config: TrainConfig, cluster: Cluster, start: _Start, notes: list[str],
+              log: Callable[[str], None]) -> None:
+    """Complete the session's notes (what runs, on what) and log them."""
+    if config.resume and start.saved is None and cluster.chief:
+        notes.append(f"Nothing to resume in {config.run_dir}: starting a new run.")
+    notes.append(f"Strategy {cluster.kind} ({cluster.replicas} replica(s) on {cluster.n_workers} worker(s)), global "
+                 f"batch {config.batch_size}; {start.fingerprint['images']['train']} train images at {config.size} "
+                 f"px; epochs {start.done}..{config.epochs - 1} to run; {dtype_policy(config)}, XLA "
+                 f"{'on' if config.xla else 'off'}.")
+    if cluster.chief and not tensorboard_available():
+        notes.append("TensorBoard is not installed (pip install tensorboard): no logs/ for this run.")
+    for note in notes:
+        log(note if cluster.chief else f"[{cluster.worker}] {note}")
+
+
+@contextlib.contextmanager
+def _output_folder(run_dir: Path, cluster: Cluster) -> Iterator[Path]:
+    """Where this worker's callbacks write: the run folder for the chief.
+
+    Another worker's model, history and logs only mirror the chief's: a folder of its own, deleted at the end.
+    """
+    if cluster.chief:
+        yield run_dir
+        return
+    out_dir = Path(tempfile.mkdtemp(prefix=f"bnp-cxr-{cluster.worker}-"))
+    try:
+        yield out_dir
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _global_policy(name: str) -> Iterator[None]:
+    """Keras's global dtype policy set to `name` for the block, then restored."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _compile(config: TrainConfig, cluster: Cluster, steps: int, element_spec, log: Callable[[str], None]):
+    """The model, built and compiled in the strategy's scope (and patched for multi-worker fit)."""
+    from bnp_cxr.models import build_model, synchronize_batchnorm
+    from bnp_cxr.training.losses import MaskedL1, default_metrics
+
+    with cluster.strategy.scope():
+        model = build_model(config.backbone, config.size, weights=config.weights, dropout=config.dropout,
+                            log=log if cluster.chief else None)
+        if config.sync_batchnorm:
+            synchronized = synchronize_batchnorm(model)
+            if cluster.chief:
+                log(f"BatchNorm synchronised across replicas in {synchronized} layer(s).")
+        # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer; outputs stay float32.
+        model.compile(optimizer=make_optimizer(config, steps), loss=MaskedL1(config.loss_weights),
+                      metrics=default_metrics(), jit_compile=config.xla)
+    if cluster.kind == "multi_worker":
+        patch_keras_for_multi_worker(model, element_spec)
+    return model
+
+
+def _write_run_config(config: TrainConfig, cluster: Cluster, start: _Start, model, steps: int,
+                      notes: list[str]) -> None:
+    """config.json: the options and the latest session's environment at the top level; each session keeps its own."""
+    environment = {"versions": library_versions(),
+                   "hardware": {"gpus": cluster.n_gpus, "strategy": cluster.kind, "replicas": cluster.replicas,
+                                "workers": cluster.n_workers},
+                   "compute": {"dtype_policy": dtype_policy(config), "jit_compile": bool(model.jit_compile),
+                               "optimizer": type(model.optimizer).__name__}}
+    sessions = (start.saved or {}).get("sessions", [])
+    sessions.append({"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     "resumed": config.resume, "initial_epoch": start.done, "epochs": config.epochs,
+                     **environment, "notes": notes})
+    options = {key: value for key, value in config.to_json().items() if key != "resume"}
+    write_json(Path(config.run_dir) / CONFIG_FILE, {**options, **environment, "data": start.fingerprint,
+                                                   "steps_per_epoch": steps, "sessions": sessions})
+
+
+def _fit(model, config: TrainConfig, cluster: Cluster, start: _Start, out_dir: Path, data: tuple, *,
+         callbacks: Sequence, verbose: int | str, log: Callable[[str], None]) -> list[dict[str, float]]:
+    """Train the epochs left (none when the run is complete); returns this worker's history file's rows."""
+    train_data, val_data, steps = data
+    run_dir = Path(config.run_dir)
+    if start.done < config.epochs:
+        model.fit(train_data, validation_data=val_data, epochs=config.epochs, steps_per_epoch=steps,
+                  shuffle=False, verbose=verbose,
+                  callbacks=_callbacks(out_dir, run_dir / cluster.backup, start.best, callbacks,
+                                       tensorboard=cluster.chief and tensorboard_available()))
+    else:
+        log(f"{run_dir} already completed {start.done} of {config.epochs} epochs: nothing to train.")
+    return read_history(out_dir / HISTORY_FILE)
+
+
 def train(config: TrainConfig, *, callbacks: Sequence = (), verbose: int | str = 1,
           log: Callable[[str], None] = print) -> TrainResult:
     """Train (or resume) a run as configured; see the module docstring for what the run folder holds."""
     import keras
 
-    from bnp_cxr.models import build_model, synchronize_batchnorm
-    from bnp_cxr.training.losses import MaskedL1, default_metrics
-
-    # MultiWorkerMirroredStrategy must exist before any other TensorFlow work.
-    n_gpus = gpus_visible()
-    kind = strategy_kind(os.environ.get("TF_CONFIG"), n_gpus)
-    strategy = make_strategy(kind, n_gpus)
-    config, notes = resolve(config, n_gpus)
-    chief, worker = worker_role(strategy)
-    n_workers = worker_count(strategy)
-    run_dir, backup = Path(config.run_dir), backup_name(chief, worker)
-    saved, failure, fingerprint, best = None, None, {}, None
-    try:
-        fingerprint = data_fingerprint(config.records_dir, config.size)
-        if fingerprint["images"]["train"] == 0:
-            raise FileNotFoundError(f"no train records at {config.size} px in {config.records_dir}")
-        replicas = strategy.num_replicas_in_sync
-        if replicas > 1 and (config.batch_size % replicas or fingerprint["images"]["train"] < config.batch_size
-                             or fingerprint["images"]["val"] < replicas):
-            raise ValueError(f"batch_size {config.batch_size} is global (split across {replicas} replicas): it must "
-                             "be a multiple of the replicas and at most the number of train images, and the val "
-                             "split needs an image per replica")
-        saved = _check_run_dir(config, fingerprint, chief, backup)
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
-        failure = error
-    done = completed_epochs(run_dir, backup)
-    if chief and failure is None:
-        _trim_history(run_dir / HISTORY_FILE, done)
-        best = min((row["val_loss"] for row in read_history(run_dir / HISTORY_FILE)
-                    if math.isfinite(row.get("val_loss", math.nan))), default=None)
-    if n_workers > 1:
-        best = agree(strategy, chief=chief, failure=failure, done=done, best=best,
-                     digest=settings_digest(config, fingerprint) if failure is None else 0)
-    elif failure is not None:
-        raise failure
-    if config.resume and saved is None and chief:
-        notes.append(f"Nothing to resume in {run_dir}: starting a new run.")
-    n_train = fingerprint["images"]["train"]
-    notes.append(f"Strategy {kind} ({strategy.num_replicas_in_sync} replica(s) on {n_workers} worker(s)), global "
-                 f"batch {config.batch_size}; {n_train} train images at {config.size} px; epochs "
-                 f"{done}..{config.epochs - 1} to run; {dtype_policy(config)}, XLA {'on' if config.xla else 'off'}.")
-    if chief and not tensorboard_available():
-        notes.append("TensorBoard is not installed (pip install tensorboard): no logs/ for this run.")
-    for note in notes:
-        log(note if chief else f"[{worker}] {note}")
-
-    # Another worker's model, history and logs only mirror the chief's: a folder of its own, deleted at the end.
-    out_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix=f"bnp-cxr-{worker}-"))
-    keras.utils.set_random_seed(config.seed)
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(dtype_policy(config))
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        train_data, val_data, steps, left_out = _datasets(config, fingerprint, strategy.num_replicas_in_sync,
-                                                          n_workers)
-        if left_out and chief:
-            log(f"Validation leaves out the last {left_out} val image(s) each epoch: every one of the "
-                f"{strategy.num_replicas_in_sync} replicas needs a non-empty batch (the test evaluation uses all).")
-        with strategy.scope():
-            model = build_model(config.backbone, config.size, weights=config.weights, dropout=config.dropout)
-            if config.sync_batchnorm:
-                synchronized = synchronize_batchnorm(model)
-                if chief:
-                    log(f"BatchNorm synchronised across replicas in {synchronized} layer(s).")
-            # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer; outputs stay float32.
-            model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, steps)),
-                          loss=MaskedL1(config.loss_weights), metrics=default_metrics(), jit_compile=config.xla)
-        if kind == "multi_worker":
-            patch_keras_for_multi_worker(model, train_data.element_spec)
-        if chief:
-            # Top level: the options and the latest session's environment; each session keeps its own.
-            environment = {"versions": library_versions(),
-                           "hardware": {"gpus": n_gpus, "strategy": kind, "replicas": strategy.num_replicas_in_sync,
-                                        "workers": n_workers},
-                           "compute": {"dtype_policy": dtype_policy(config), "jit_compile": bool(model.jit_compile),
-                                       "optimizer": type(model.optimizer).__name__}}
-            sessions = (saved or {}).get("sessions", [])
-            sessions.append({"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                             "resumed": config.resume, "initial_epoch": done, "epochs": config.epochs,
-                             **environment, "notes": notes})
-            options = {key: value for key, value in config.to_json().items() if key != "resume"}
-            write_json(run_dir / CONFIG_FILE, {**options, **environment, "data": fingerprint,
-                                               "steps_per_epoch": steps, "sessions": sessions})
-        if done < config.epochs:
-            model.fit(train_data, validation_data=val_data, epochs=config.epochs, steps_per_epoch=steps,
-                      shuffle=False, verbose=verbose,
-                      callbacks=_callbacks(out_dir, run_dir / backup, best, callbacks,
-                                           tensorboard=chief and tensorboard_available()))
-        else:
-            log(f"{run_dir} already completed {done} of {config.epochs} epochs: nothing to train.")
-        history = read_history(out_dir / HISTORY_FILE)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
-        if not chief:
-            shutil.rmtree(out_dir, ignore_errors=True)
-    losses = [row["val_loss"] for row in history if math.isfinite(row.get("val_loss", math.nan))]
+    cluster = start_strategy()  # before any other TensorFlow work
+    config, notes = resolve(config, cluster.n_gpus)
+    run_dir = Path(config.run_dir)
+    start = _agree_on_resume(config, cluster)
+    _announce(config, cluster, start, notes, log)
+    with _output_folder(run_dir, cluster) as out_dir:
+        keras.utils.set_random_seed(config.seed)
+        with _global_policy(dtype_policy(config)):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            train_data, val_data, steps, left_out = make_datasets(config, start.fingerprint, cluster.replicas,
+                                                                  cluster.n_workers)
+            if left_out and cluster.chief:
+                log(f"Validation leaves out the last {left_out} val image(s) each epoch: every one of the "
+                    f"{cluster.replicas} replicas needs a non-empty batch (the test evaluation uses all).")
+            model = _compile(config, cluster, steps, train_data.element_spec, log)
+            if cluster.chief:
+                _write_run_config(config, cluster, start, model, steps, notes)
+            history = _fit(model, config, cluster, start, out_dir, (train_data, val_data, steps),
+                           callbacks=callbacks, verbose=verbose, log=log)
     return TrainResult(run_dir=run_dir, model_path=run_dir / MODEL_FILE, config=config,
-                       epochs_completed=completed_epochs(run_dir, backup), history=history,
-                       best_val_loss=min(losses) if losses else None, notes=notes, chief=chief)
+                       epochs_completed=completed_epochs(run_dir, cluster.backup), history=history,
+                       best_val_loss=_best_val_loss(history), notes=notes, chief=cluster.chief)

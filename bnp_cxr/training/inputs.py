@@ -1,0 +1,59 @@
+"""The train and val datasets of a run: full train batches, val batches every replica can split, sharding."""
+
+from __future__ import annotations
+
+import math
+
+from bnp_cxr.training.config import TrainConfig
+
+
+def val_batching(n_val: int, batch_size: int, replicas: int) -> tuple[int, int]:
+    """(val batch size, val images left out each epoch): every replica must get a non-empty batch.
+
+    One replica: batch_size, the last batch partial. Several: a partial batch is split by the
+    per-replica size, leaving some replicas an empty batch, which Keras cannot run (BatchNorm shape
+    error). So the val batch is the largest multiple of `replicas` <= batch_size whose remainder is the
+    unavoidable n_val mod replicas, and that remainder (< replicas images) is left out.
+    """
+    if replicas == 1:
+        return batch_size, 0
+    candidates = range(replicas * max(1, batch_size // replicas), 0, -replicas)
+    batch = next(size for size in candidates if n_val % size == n_val % replicas)
+    return batch, n_val % replicas
+
+
+def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_workers: int):
+    """(repeated train dataset, val dataset, train steps per epoch, val images left out each epoch)."""
+    import tensorflow as tf
+
+    from bnp_cxr.records.reader import AugmentConfig, make_dataset
+
+    n_train, n_val = fingerprint["images"]["train"], fingerprint["images"]["val"]
+    # Full batches only (when there are enough images): BatchNorm on a 1-image remainder is noise.
+    drop = n_train >= config.batch_size
+    train = make_dataset(config.records_dir, "train", config.size, batch_size=config.batch_size, training=True,
+                         augment=AugmentConfig() if config.augment else None, shuffle_buffer=config.shuffle_buffer,
+                         cache=config.cache, seed=config.seed, drop_remainder=drop)
+    val_batch, left_out = val_batching(n_val, config.batch_size, replicas)
+    try:
+        val = make_dataset(config.records_dir, "val", config.size, batch_size=val_batch, cache=config.cache,
+                           deterministic=True, drop_remainder=left_out > 0)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error}; training needs a val split to pick the best epoch") from None
+    # A known length: Keras then reads the val set whole each epoch without probing past its end.
+    val = val.apply(tf.data.experimental.assert_cardinality(n_val // val_batch if left_out else
+                                                            math.ceil(n_val / val_batch)))
+    if n_workers > 1:
+        # Batches are global: the strategy splits each into per-replica batches (tf.distribute input docs).
+        # Sharding by DATA: every worker reads every record and keeps its share of each batch. FILE sharding
+        # (each worker reads only its files) is refused by tf.data here: the augmentation's seed stream is a
+        # source that is not a file, and a split with fewer shard files than workers cannot be split by file.
+        # A deterministic order makes the workers' shares an exact partition of each epoch.
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        options.deterministic = True
+        train, val = train.with_options(options), val.with_options(options)
+    steps = n_train // config.batch_size if drop else 1
+    # Repeated with explicit steps: Keras then never probes past the end of an epoch of unknown length
+    # (which costs an optimizer step count per epoch) and every worker runs the same number of steps.
+    return train.repeat(), val, steps, left_out
