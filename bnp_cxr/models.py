@@ -303,9 +303,11 @@ def last_conv_layer_name(model: keras.Model) -> str:
 
 
 def load_model(path: str | Path, *, compile: bool = False) -> keras.Model:
-    """Load a saved run model (model.keras) with the project's custom layers, loss and metrics."""
-    import bnp_cxr.training.losses  # noqa: F401  - registers MaskedL1 and the metrics for compile=True
+    """Load a saved run model (model.keras) with the project's custom layers.
 
+    compile=True also needs the loss and metrics, which bnp_cxr.training.losses registers: use its
+    load_compiled_model (models sit below training in the stage order).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} not found")

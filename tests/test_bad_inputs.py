@@ -17,9 +17,9 @@ import pytest
 from bad_inputs import (CASES, CRASH_NAME, WRITTEN, build_corpus, build_labs_corpus, image, prepare_or_crash,
                         prepare_reporting_imports, square_or_exit)
 from bnp_cxr.data.manifest import ManifestConfig, load_manifest
+from bnp_cxr.records.pool import ordered_map
 from bnp_cxr.records.prepare import prepare_row
-from bnp_cxr.records.writer import (PROGRESS_DIR, IngestConfig, ordered_map, plan_shards, row_preparer,
-                                    write_records)
+from bnp_cxr.records.writer import PROGRESS_DIR, IngestConfig, plan_shards, row_preparer, write_records
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the deliberately bad files
 

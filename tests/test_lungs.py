@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from bnp_cxr import lungs
-from bnp_cxr.lungs.train import _dataset
 from bnp_cxr.data.imaging import REJECT_REASONS, RadiographError, read_radiograph
+from bnp_cxr.lungs.train import _dataset
 from bnp_cxr.records.prepare import prepare_row
 from bnp_cxr.records.schema import UINT16_MAX
+from bnp_cxr.rejects import Reject
 
 ROOT = Path(__file__).resolve().parents[1]
 SHENZHEN = ROOT.parent / "shared" / "data" / "lungs" / "shenzhen"
@@ -187,8 +188,9 @@ def test_load_pairs_skips_unreadable_rows_and_reports_them(tmp_path):
     assert loaded.shape == (1, 16, 16, 1) and loaded.dtype == np.float32 and loaded_masks.dtype == bool
     with pytest.raises(RadiographError) as garbage:
         read_radiograph(folder / "images" / "1.png")
-    assert [(Path(r.image_path).name, r.reason) for r in rejects] == [("1.png", garbage.value.reason),
-                                                                       ("2.png", "mask_shape_mismatch")]
+    assert all(isinstance(r, Reject) for r in rejects)
+    assert [(Path(r.image_path).name, Path(r.mask_path).name, r.reason, r.column) for r in rejects] == [
+        ("1.png", "1.png", garbage.value.reason, ""), ("2.png", "2.png", "mask_shape_mismatch", "mask")]
     with pytest.warns(UserWarning, match="skipped .*1.png"):
         lungs.load_pairs(lungs.read_mask_folder(folder), 16)
     with pytest.raises(lungs.LungDataError, match="none of the 1"):
@@ -217,9 +219,10 @@ def test_manifest_rows_with_problems_are_reported_and_the_rest_go_on(tmp_path):
     rejects = []
     assert lungs.read_mask_folder(folder / "manifest.csv", rejects=rejects) == [
         (str(folder / "images" / "0.png"), str(folder / "masks" / "0.png"))]
-    assert [(r.reason, r.detail.split(":")[0]) for r in rejects] == [
-        ("lateral_view", "manifest.csv line 4"), ("duplicate_row", "manifest.csv line 5"),
-        ("file_not_found", "manifest.csv line 6")]
+    assert [(r.source, r.row, r.reason, r.detail.split(":")[0], Path(r.mask_path).name) for r in rejects] == [
+        ("manifest.csv", 4, "lateral_view", "manifest.csv line 4", "1.png"),
+        ("manifest.csv", 5, "duplicate_row", "manifest.csv line 5", "0.png"),
+        ("manifest.csv", 6, "file_not_found", "manifest.csv line 6", "1.png")]
     with pytest.raises(lungs.LungDataError, match="3 row"):
         lungs.read_mask_folder(folder / "manifest.csv")
 

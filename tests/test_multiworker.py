@@ -137,7 +137,7 @@ def failure_report(results) -> str:
 
 @pytest.mark.slow
 def test_two_workers_train_once_and_the_chief_saves_the_run(records, tmp_path):
-    from bnp_cxr.models import load_model
+    from bnp_cxr.training import load_compiled_model
     from bnp_cxr.records.reader import make_dataset
 
     # One test, not several sharing a module fixture: pytest-xdist would start the cluster once per process.
@@ -161,7 +161,7 @@ def test_two_workers_train_once_and_the_chief_saves_the_run(records, tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["split"] == "test"
     assert "test split" in chief.stdout and "test split" not in worker.stdout
 
-    model = load_model(run_dir / MODEL_FILE, compile=True)
+    model = load_compiled_model(run_dir / MODEL_FILE)
     prediction = model.predict(np.random.default_rng(0).random((3, 64, 64, 1), "float32"), verbose=0)
     assert prediction.shape == (3, 2) and np.isfinite(prediction).all()
     history = read_history(run_dir / HISTORY_FILE)

@@ -255,7 +255,7 @@ def finished_run(records, tmp_path_factory):
 
 
 def test_run_folder_holds_model_config_history_and_logs(finished_run, records):
-    from bnp_cxr.models import load_model
+    from bnp_cxr.training import load_compiled_model
 
     run_dir = finished_run.run_dir
     saved = json.loads((run_dir / "config.json").read_text())
@@ -276,7 +276,7 @@ def test_run_folder_holds_model_config_history_and_logs(finished_run, records):
         assert list((run_dir / "logs").rglob("*tfevents*"))
     else:
         assert not (run_dir / "logs").exists() and any("TensorBoard is not installed" in n for n in finished_run.notes)
-    model = load_model(run_dir / MODEL_FILE, compile=True)
+    model = load_compiled_model(run_dir / MODEL_FILE)
     assert model.predict(np.zeros((3, 64, 64, 1), "float32"), verbose=0).shape == (3, 2)
     assert isinstance(model.loss, MaskedL1)
     # model.keras is the best epoch, and each epoch's validation read the whole val split.

@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bnp_cxr.data import imaging
 from bnp_cxr.records.prepare import MaskError, MaskStack, letterbox, letterbox_geometry, read_mask
+from bnp_cxr.rejects import Reject
 from bnp_cxr.workspace import LATERAL_VIEWS
 
 PathLike = str | os.PathLike
@@ -25,16 +25,6 @@ MANIFEST_MASK_COLUMN = "lung_mask_path"
 
 class LungDataError(ValueError):
     """A mask folder, index or manifest that cannot be used as training pairs."""
-
-
-@dataclass(frozen=True)
-class LungReject:
-    """One image/mask pair that could not be read (the other pairs go on)."""
-
-    image_path: str
-    mask_path: str
-    reason: str
-    detail: str
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
@@ -62,7 +52,7 @@ def _row_problem(root: Path, row: dict, image_column: str, mask_column: str, see
 
 
 def read_mask_folder(folder: PathLike, *, index: str = "index.csv",
-                     rejects: list[LungReject] | None = None) -> list[tuple[str, str]]:
+                     rejects: list[Reject] | None = None) -> list[tuple[str, str]]:
     """(image_path, mask_path) pairs from folder/index (columns image, mask) or a manifest CSV (lung_mask_path).
 
     Paths are relative to the CSV's folder. Manifest rows without a lung_mask_path are not pairs. Rows
@@ -90,7 +80,8 @@ def read_mask_folder(folder: PathLike, *, index: str = "index.csv",
         reason, detail = _row_problem(root, row, image_column, mask_column, seen)
         image, mask = (str(root / (row.get(column) or "").strip()) for column in (image_column, mask_column))
         if reason:
-            problems.append(LungReject(image, mask, reason, f"{csv_path.name} line {line}: {detail}"))
+            problems.append(Reject(source=csv_path.name, row=line, image_path=image, mask_path=mask, reason=reason,
+                                   detail=f"{csv_path.name} line {line}: {detail}"))
         else:
             seen.add(image)
             pairs.append((image, mask))
@@ -118,7 +109,7 @@ def prepare_pair(image_path: str, mask_path: str, size: int) -> tuple[np.ndarray
 
 
 def load_pairs(pairs: list[tuple[str, str]], size: int, *,
-               rejects: list[LungReject] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               rejects: list[Reject] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(images float32 [N,size,size,1] in [0,1], masks bool [N,size,size]); unreadable pairs are skipped.
 
     Each skipped pair is appended to `rejects` (or warned about when no list is given).
@@ -128,7 +119,8 @@ def load_pairs(pairs: list[tuple[str, str]], size: int, *,
         try:
             image, mask = prepare_pair(image_path, mask_path, size)
         except (imaging.RadiographError, MaskError) as error:
-            reject = LungReject(image_path, mask_path, error.reason, error.detail)
+            reject = Reject(image_path=image_path, mask_path=mask_path, reason=error.reason,
+                            column=getattr(error, "column", ""), detail=error.detail)
             if rejects is None:
                 warnings.warn(f"skipped {image_path}: {reject.reason}: {reject.detail}", stacklevel=2)
             else:

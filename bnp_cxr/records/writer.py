@@ -7,8 +7,9 @@ fingerprint, written image IDs and rejects, so ``resume`` redoes only incomplete
 through tf.io.gfile, so the output folder may be a URL; the Beam runner (bnp_cxr.records.beam) writes
 its shards, markers and reports with the functions here.
 
-Decoding runs in a pool of worker processes, not in tf.data threads: pydicom and the JPEG 2000
-decoders hold the GIL, so threads give no speed-up (bench/ingest.py measures the parallel efficiency).
+Decoding runs in a pool of worker processes (bnp_cxr.records.pool), not in tf.data threads: pydicom and
+the JPEG 2000 decoders hold the GIL, so threads give no speed-up (bench/ingest.py measures the parallel
+efficiency).
 A decoder that kills its worker (segfault in a C codec, os._exit) costs only its row: the pool is
 recreated, the rows that were in flight are retried one at a time in a fresh process, and the one that
 kills that process too is rejected as `decoder_crashed`. workers=1 is one such process (the same
@@ -25,20 +26,18 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import posixpath
 import time
 import uuid
-from collections import Counter, deque
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Iterable, Iterator
 
 from bnp_cxr import __version__
 from bnp_cxr.data.manifest import ImageRow, Manifest
+from bnp_cxr.records.pool import ordered_map
 from bnp_cxr.records.prepare import Prepared, prepare_row, prepare_safely
 from bnp_cxr.records.schema import SCHEMA_VERSION, SHARD_PATTERN, serialize_example, shard_name
 from bnp_cxr.rejects import Reject, rejects_csv
@@ -63,7 +62,7 @@ class IngestConfig:
     allow_lateral: bool = False
     progress: bool = True
     # What decodes one row: prepare_row's signature (row, sizes, allow_lateral) -> Prepared | Reject. It must be
-    # a module-level function: spawned workers import it by module and name (they inherit this sys.path).
+    # a module-level function: spawned workers import it by module and name (they inherit this process's import path).
     prepare: Callable[..., Prepared | Reject] = prepare_row
 
     def __post_init__(self) -> None:
@@ -147,73 +146,6 @@ def serialized_examples(row: ImageRow, prepared: Prepared) -> Iterator[tuple[int
     """(size, tf.train.Example bytes) of a prepared row, one per size."""
     for size, record in prepared.records.items():
         yield size, serialize_example(row, record, prepared.source_shape, prepared.source_spacing_mm)
-
-
-def ordered_map(fn: Callable, items: Iterable, workers: int, max_in_flight: int | None = None,
-                on_crash: Callable[[object, BaseException], object] | None = None) -> Iterator:
-    """Map in `workers` processes (spawn; TensorFlow is not fork-safe; 0: in this one), in order, bounded memory.
-
-    Without `on_crash` a worker that dies raises BrokenProcessPool. With it, the pool is recreated, the
-    items in flight are retried one at a time in a fresh process, and an item that kills that process too
-    yields on_crash(item, error) in its place.
-    """
-    if workers <= 0:
-        yield from map(fn, items)
-        return
-    max_in_flight = max_in_flight or 4 * workers
-    context = multiprocessing.get_context("spawn")
-    items = iter(items)
-    pending: deque[tuple[object, Future | None]] = deque()  # None: not submitted because the pool had broken
-    pool = ProcessPoolExecutor(workers, mp_context=context)
-    try:
-        while True:
-            for item in items:
-                try:
-                    pending.append((item, pool.submit(fn, item)))
-                except BrokenProcessPool:
-                    pending.append((item, None))
-                if len(pending) >= max_in_flight:
-                    break
-            if not pending:
-                return
-            future = pending[0][1]
-            try:
-                if future is None:
-                    raise BrokenProcessPool("the worker pool broke before this item was submitted")
-                result = future.result()
-            except BrokenProcessPool:
-                if on_crash is None:
-                    raise
-                pool.shutdown(wait=True, cancel_futures=True)
-                yield from _isolate(fn, list(pending), context, on_crash)
-                pending.clear()
-                pool = ProcessPoolExecutor(workers, mp_context=context)
-                continue
-            pending.popleft()
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _isolate(fn: Callable, entries: list[tuple[object, Future | None]], context, on_crash: Callable) -> Iterator:
-    """Results of items in flight when a worker died: finished ones as they are, the rest retried one by one."""
-    solo = None
-    try:
-        for item, future in entries:
-            if future is not None and future.done() and not future.cancelled() and future.exception() is None:
-                yield future.result()
-                continue
-            solo = solo or ProcessPoolExecutor(1, mp_context=context)
-            try:
-                result = solo.submit(fn, item).result()
-            except BrokenProcessPool as error:
-                solo.shutdown(wait=True)
-                solo = None  # the next suspect gets a fresh process
-                result = on_crash(item, error)
-            yield result
-    finally:
-        if solo is not None:
-            solo.shutdown(wait=True)
 
 
 # ------------------------------------------------------------------ files, through tf.io.gfile: local paths or URLs
@@ -411,6 +343,7 @@ def _summarise(manifest: Manifest, plan: list[ShardGroup], markers: dict[str, di
         "shards": {split: next(g.count for g in plan if g.split == split) for split in sorted({g.split for g in plan})},
         "reject_reasons": dict(sorted(Counter(r.reason for r in manifest_rejects).items())),
         "labs": {**manifest.labs_summary, "rejected_rows": sum(r.stage == "labs" for r in rejects)},
+        "finding_columns": list(manifest.finding_columns),
         "sizes": list(config.sizes),
         "shard_size": config.shard_size,
         "workers": config.workers,

@@ -5,7 +5,7 @@
 
 from bnp_cxr.training.config import PRESETS, TrainConfig, make_config, resolve
 from bnp_cxr.training.loop import TrainResult, train
-from bnp_cxr.training.losses import MaskedL1, MaskedMAE, ThresholdAUC, default_metrics
+from bnp_cxr.training.losses import MaskedL1, MaskedMAE, ThresholdAUC, default_metrics, load_compiled_model
 
 __all__ = ["PRESETS", "MaskedL1", "MaskedMAE", "ThresholdAUC", "TrainConfig", "TrainResult", "default_metrics",
-           "make_config", "resolve", "train"]
+           "load_compiled_model", "make_config", "resolve", "train"]

@@ -7,6 +7,7 @@ two labs, so a missing label must contribute neither loss nor gradient.
 from __future__ import annotations
 
 import math
+import os
 
 import keras
 from keras import ops
@@ -131,3 +132,10 @@ class ThresholdAUC(keras.metrics.AUC):
 def default_metrics() -> list[keras.metrics.Metric]:
     """Per-output masked MAE and AUC at the positivity thresholds (BNP > 100, BNPP > 400 pg/mL)."""
     return [MaskedMAE(0), MaskedMAE(1), ThresholdAUC(0), ThresholdAUC(1)]
+
+
+def load_compiled_model(path: str | os.PathLike) -> keras.Model:
+    """A saved run model compiled with its masked L1 loss and metrics (registered by this module)."""
+    from bnp_cxr.models import load_model
+
+    return load_model(path, compile=True)

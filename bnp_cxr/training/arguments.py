@@ -1,0 +1,70 @@
+"""The command-line options of a training run, shared by bnp-cxr-train and bnp-cxr-resolution-study."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from bnp_cxr.models import BACKBONES
+from bnp_cxr.training.config import MIXED_PRECISION, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+from bnp_cxr.workspace import RECORDS_DIR, RUNS_DIR
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, *, per_run: bool = True, title: str | None = None) -> None:
+    """Add the training options (to a group `title` if given); per_run adds --size, --run-dir, --resume, --evaluate."""
+    d = TrainConfig()
+    options = parser.add_argument_group(title) if title else parser
+    options.add_argument("--config", dest="preset", choices=sorted(PRESETS),
+                         help="a preset; 'paper': resnet152, imagenet, L1 on log10 labels, Adam, the records' split")
+    options.add_argument("--records", dest="records_dir", help=f"records folder (default: {RECORDS_DIR})")
+    if per_run:
+        options.add_argument("--size", type=int, help=f"image size in px; records must exist at it (default: {d.size})")
+    options.add_argument("--backbone", choices=sorted(BACKBONES),
+                         help="default: small_cnn without a GPU, resnet152 with one")
+    options.add_argument("--weights", help="imagenet, none, or a .weights.h5 / .keras file (default: none)")
+    options.add_argument("--epochs", type=int, help=f"default: {d.epochs}")
+    options.add_argument("--batch-size", type=int,
+                         help=f"global batch size, split across GPUs and workers (default: {d.batch_size})")
+    options.add_argument("--optimizer", choices=OPTIMIZERS,
+                         help=f"Keras optimizer, Keras's defaults but the options below (default: {d.optimizer})")
+    options.add_argument("--lr", type=float, help=f"learning rate (default: {d.lr:g}; paper preset 1e-4)")
+    options.add_argument("--weight-decay", type=float, help="decoupled weight decay of adamw / sgd (default: 0)")
+    options.add_argument("--momentum", type=float, help="sgd momentum (default: 0)")
+    options.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default: {d.schedule})")
+    options.add_argument("--warmup-epochs", type=float, help="linear warm-up from 0 over this many epochs (default: 0)")
+    options.add_argument("--mixed-precision", choices=MIXED_PRECISION,
+                         help="on = float16 compute with loss scaling, bfloat16 = bfloat16 compute; float32 "
+                              "variables and outputs either way (default auto: on when a GPU is visible)")
+    options.add_argument("--xla", action=argparse.BooleanOptionalAction,
+                         help="compile the train / eval steps with XLA (default: off)")
+    options.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction,
+                         help="BatchNorm statistics of the global batch, all-reduced across GPUs and workers "
+                              "(default: off, per replica)")
+    options.add_argument("--seed", type=int, help=f"default: {d.seed}")
+    if per_run:
+        options.add_argument("--run-dir", help=f"run folder (default: {RUNS_DIR / 'size{SIZE}'})")
+        options.add_argument("--resume", action="store_true", default=False,
+                             help="continue the run in --run-dir from its last completed epoch")
+    options.add_argument("--augment", action=argparse.BooleanOptionalAction, help="training augmentation (default: on)")
+    options.add_argument("--loss-weights", type=float, nargs=2, metavar=("BNP", "BNPP"),
+                         help="weights of the two outputs in the L1 loss (default: 1 1)")
+    options.add_argument("--dropout", type=float, help=f"dropout before the output layer (default: {d.dropout})")
+    options.add_argument("--cache", action=argparse.BooleanOptionalAction,
+                         help="cache records in memory (default: off)")
+    if per_run:
+        options.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
+                             help="evaluate the best model on the test split when training ends (default: on)")
+    options.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for that evaluation")
+    options.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                         help="0 silent, 1 progress bar, 2 one line per epoch (default: 1)")
+
+
+def training_options(args: argparse.Namespace) -> dict:
+    """The TrainConfig options the user gave explicitly (argparse leaves the others None); preset and resume aside."""
+    names = {field.name for field in dataclasses.fields(TrainConfig)} - {"preset", "resume"}
+    options = {key: value for key, value in vars(args).items() if key in names and value is not None}
+    if "weights" in options and options["weights"].lower() == "none":
+        options["weights"] = None
+    if "loss_weights" in options:
+        options["loss_weights"] = tuple(options["loss_weights"])
+    return options
