@@ -10,14 +10,14 @@ files (the radiograph and, where the row has them, its mask PNGs: cv2.imread + r
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import phantom_manifest, report  # noqa: E402
+from common import phantom_manifest, report
+
+from bnp_cxr.workspace import COHORT_DIR
 
 
 def floor_seconds(rows: list, sizes: tuple[int, ...]) -> float:
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", type=Path)
     parser.add_argument("--labs", type=Path)
-    parser.add_argument("--cohort", type=Path, default=Path("work/cohort"))
+    parser.add_argument("--cohort", type=Path, default=COHORT_DIR)
     parser.add_argument("--n", type=int, default=60, help="radiographs to time (default: %(default)s)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--repeats", type=int, default=2, help="best of R runs (default: %(default)s)")

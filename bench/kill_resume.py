@@ -1,9 +1,9 @@
 """Kill -9 and resume: make_tfrecords killed at K random points, then train.py killed mid-epoch.
 
-Also the helpers tests/test_kill_resume.py imports (one copy, here): the records side kills the whole
-process group (the writer's spawn pool included) at seeded random moments spread over the shard-writing
-phase, checks after every kill that no final-named shard is partial, resumes, and compares the final
-examples with an uninterrupted run; the training side kills train.py once the first epoch is backed up.
+The records side kills the whole process group (the writer's spawn pool included) at seeded random
+moments spread over the shard-writing phase, checks after every kill that no final-named shard is
+partial (bnp_cxr.records.verify), resumes, and compares the final examples with an uninterrupted run;
+the training side kills train.py once the first epoch is backed up, on records of a small phantom cohort.
 
     python bench/kill_resume.py                   # 10 kills, 48-image phantom cohort, 64-256 px
     python bench/kill_resume.py --kills 20 --n-images 80
@@ -23,6 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from common import report
+
+from bnp_cxr.records.verify import check_final_shards, read_examples
+from bnp_cxr.workspace import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 MAKE_TFRECORDS, TRAIN = ROOT / "tools" / "make_tfrecords.py", ROOT / "tools" / "train.py"
@@ -79,70 +83,10 @@ def reference_records(manifest: Path, labs: Path | None, out_dir: Path, sizes: t
     return (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)
 
 
-def markers(out_dir: Path) -> dict[str, dict]:
-    """Progress markers of complete shard groups, by file name."""
-    from bnp_cxr.records.writer import PROGRESS_DIR
-
-    found = {}
-    for path in (out_dir / PROGRESS_DIR).glob("*.json"):
-        try:
-            found[path.name] = json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):  # renamed into place atomically: never partial
-            raise AssertionError(f"progress marker {path} is unreadable") from None
-    return found
-
-
 def _marker_count(out_dir: Path) -> int:
     from bnp_cxr.records.writer import PROGRESS_DIR
 
     return sum(1 for _ in (out_dir / PROGRESS_DIR).glob("*.json"))
-
-
-def check_final_shards(out_dir: Path) -> tuple[int, int]:
-    """Assert every final-named shard parses whole and matches its group's marker; (shards, unmarked shards)."""
-    import tensorflow as tf
-
-    from bnp_cxr.records.schema import SHARD_PATTERN, parse_example
-
-    recorded = markers(out_dir)
-    shards = unmarked = 0
-    for path in sorted(out_dir.glob("*.tfrecord")):
-        match = SHARD_PATTERN.match(path.name)
-        assert match, f"unexpected file under a final shard name: {path.name}"
-        try:
-            count = sum(1 for raw in tf.data.TFRecordDataset(str(path)) if parse_example(raw) is not None)
-        except tf.errors.DataLossError as error:
-            raise AssertionError(f"partial shard visible under its final name: {path.name}: {error}") from None
-        shards += 1
-        marker = recorded.get(f"{match['split']}-{match['index']}-of-{match['count']}.json")
-        if marker is None:
-            unmarked += 1
-        else:
-            expected = len(marker["written"])
-            assert count == expected, f"{path.name}: {count} records, its marker says {expected}"
-    return shards, unmarked
-
-
-def read_examples(out_dir: Path, canonical: bool = True) -> dict[tuple[str, int], bytes]:
-    """Every record of every final shard as {(image_id, size in px): bytes}; duplicates fail.
-
-    canonical: the Example re-serialized with sorted feature keys, i.e. its content. The stored bytes
-    (canonical=False) also depend on the protobuf map order of the writing process.
-    """
-    import tensorflow as tf
-
-    from bnp_cxr.records.schema import SHARD_PATTERN, parse_example
-
-    examples: dict[tuple[str, int], bytes] = {}
-    for path in sorted(out_dir.glob("*.tfrecord")):
-        size = int(SHARD_PATTERN.match(path.name)["size"])
-        for raw in tf.data.TFRecordDataset(str(path)):
-            key = (parse_example(raw)["image_id"].numpy().decode(), size)
-            assert key not in examples, f"{key} written twice"
-            stored = raw.numpy()
-            examples[key] = tf.train.Example.FromString(stored).SerializeToString(deterministic=True) \
-                if canonical else stored
-    return examples
 
 
 def group_members(pgid: int) -> list[int]:
@@ -305,22 +249,30 @@ def _records_benchmark(args: argparse.Namespace, work: Path, salt: str, env: dic
             "reference_s": round(reference_s, 2), "final_resume_s": round(resume_s, 2)}
 
 
+def training_records(out_dir: Path, cohort_dir: Path, seed: int, workers: int) -> Path:
+    """64 px records of a small phantom cohort with about 160 training images: 40 steps per epoch at batch 4."""
+    from bnp_cxr.data.manifest import load_manifest
+    from bnp_cxr.phantom import CohortConfig, generate_cohort
+    from bnp_cxr.records.writer import IngestConfig, write_records
+
+    generate_cohort(cohort_dir, CohortConfig.small(n_images=200, n_patients=170, seed=seed), workers=workers,
+                    progress=False)
+    write_records(load_manifest(cohort_dir / "manifest.csv", cohort_dir / "labs.csv"), out_dir,
+                  IngestConfig(sizes=(64,), shard_size=10, workers=0, progress=False))
+    return out_dir
+
+
 def _training_benchmark(args: argparse.Namespace, work: Path, env: dict) -> dict:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from archives import heart_records
     from bnp_cxr.training.loop import read_history
 
-    (work / "archive").mkdir()
-    records = heart_records(work / "archive", work / "heart_records", {"train": 160, "val": 8}, (64,),
-                            severities=lambda rng, count: rng.random(count), bnp_on=lambda i: True,
-                            bnpp_on=lambda i: True, seed=args.seed)
-    run_dir, log = work / "run", work / "train.log"
-    command = train_command(records, run_dir, 64, epochs=3, batch_size=4)
-    kill = kill_training_mid_epoch(command, run_dir, 1, 0.5, args.seed, env, log)
+    records = training_records(work / "train_records", work / "train_cohort", args.seed, args.workers)
+    run, log = RunDir(work / "run"), work / "train.log"
+    command = train_command(records, run.path, 64, epochs=3, batch_size=4)
+    kill = kill_training_mid_epoch(command, run.path, 1, 0.5, args.seed, env, log)
     resume_s = finish([*command, "--resume"], env, log)
-    sessions = json.loads((run_dir / "config.json").read_text())["sessions"]
+    sessions = json.loads(run.config.read_text())["sessions"]
     return {**kill, "resumed_from_epoch": sessions[-1]["initial_epoch"], "resume_s": round(resume_s, 2),
-            "history_epochs": [row["epoch"] for row in read_history(run_dir / "history.csv")]}
+            "history_epochs": [row["epoch"] for row in read_history(run.history)]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,9 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-train", action="store_true", help="skip the train.py kill")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import report
-
     salt = "bench-kill-resume-salt"
     os.environ["BNP_CXR_SALT"] = salt  # the in-process heart archive too, not only the tools
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,9 +47,10 @@ def main() -> None:
     import numpy as np
 
     from bnp_cxr import lungs
+    from bnp_cxr.rejects import Reject
 
     started = time.perf_counter()
-    rejects: list[lungs.LungReject] = []
+    rejects: list[Reject] = []
     images, masks = lungs.load_pairs(lungs.read_mask_folder(args.data), args.size, rejects=rejects)
     load_s = time.perf_counter() - started
     started = time.perf_counter()

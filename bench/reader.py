@@ -11,14 +11,14 @@ shuffle, no augmentation). Goal (issue #2): >= 0.8x the floor at 1024 px.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import phantom_manifest, report  # noqa: E402
+from common import phantom_manifest, report
+
+from bnp_cxr.workspace import COHORT_DIR
 
 
 def floor_dataset(files: list[str], batch_size: int):
@@ -52,7 +52,7 @@ def images_per_second(make, epochs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=Path, help="existing records folder (default: write phantom records)")
-    parser.add_argument("--cohort", type=Path, default=Path("work/cohort"))
+    parser.add_argument("--cohort", type=Path, default=COHORT_DIR)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--split", default="train")
     parser.add_argument("--batch-size", type=int, default=16)

@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
+
+from bnp_cxr.workspace import WORK_DIR  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "lungs" / "shenzhen"
@@ -67,7 +68,7 @@ def shenzhen_parser(description: str, name: str) -> argparse.ArgumentParser:
     """The options every Shenzhen benchmark takes: data, work folder, training, bootstrap, result name."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Shenzhen folder (index.csv, images/, masks/)")
-    parser.add_argument("--work", type=Path, default=REPO / "work" / "shenzhen", help="manifest, records and runs")
+    parser.add_argument("--work", type=Path, default=REPO / WORK_DIR / "shenzhen", help="manifest, records and runs")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--n-boot", type=int, default=2000)

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 from shenzhen import ensure_records, parse_with_data, run_seed, shenzhen_parser  # noqa: E402
+
+from bnp_cxr.workspace import RunDir  # noqa: E402
 
 METRICS = ("mass_in_lung_fraction", "top_in_lung_fraction", "lung_area_fraction")
 
@@ -31,10 +31,9 @@ METRICS = ("mass_in_lung_fraction", "top_in_lung_fraction", "lung_area_fraction"
 def trained_run(records: Path, run_dir: Path, size: int, epochs: int, seed: int, batch_size: int,
                 n_boot: int) -> dict:
     """The run at run_dir, trained (and evaluated) unless it already holds a model."""
-    from bnp_cxr.training.loop import MODEL_FILE
-
-    if (run_dir / MODEL_FILE).is_file() and (run_dir / "metrics.json").is_file():
-        metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    run = RunDir(run_dir)
+    if run.model.is_file() and run.metrics.is_file():
+        metrics = json.loads(run.metrics.read_text())["metrics"]
         return {"size_px": size, "auc_bnpp_gt_400": metrics["auc_bnpp_gt_400"]["estimate"], "train_s": None}
     return run_seed(records, run_dir, size, epochs, seed, batch_size, n_boot)
 

@@ -35,12 +35,12 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
 import keras  # noqa: E402
 
 from bnp_cxr.training.config import POLICIES  # noqa: E402
+from bnp_cxr.workspace import RECORDS_DIR, RunDir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_RATIO = 0.95
@@ -106,7 +106,7 @@ def run_ours(args, size: int, batch_size: int, precision: str) -> dict:
                               "epochs": args.epochs, "batch_size": batch_size, "augment": args.augment,
                               "mixed_precision": precision, "xla": args.xla, "run_dir": run_dir})
         train(config, callbacks=[clock], verbose=0, log=lambda _: None)
-        steps = int(json.loads((Path(run_dir) / "config.json").read_text())["steps_per_epoch"])
+        steps = int(json.loads(RunDir(run_dir).config.read_text())["steps_per_epoch"])
     return clock.steady(steps * batch_size)
 
 
@@ -149,7 +149,7 @@ def main() -> None:
 
     gpus = gpus_visible()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=Path, default=REPO / "work" / "records")
+    parser.add_argument("--records", type=Path, default=REPO / RECORDS_DIR)
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet152" if gpus else "small_cnn",
                         help="default: resnet152 with a GPU, small_cnn without")
     parser.add_argument("--sizes", "--size", dest="sizes", type=int, nargs="+",

@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import phantom_manifest, report  # noqa: E402
+from common import phantom_manifest, report
+
+from bnp_cxr.workspace import COHORT_DIR
 
 STAGES = ("segmentation_s", "ig_s", "ranking_s", "total_s")
 
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--target", default="bnpp", choices=["bnp", "bnpp"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--cohort", type=Path, default=Path("work/cohort"))
+    parser.add_argument("--cohort", type=Path, default=COHORT_DIR)
     parser.add_argument("--name", default="xrai", help="results file bench/results/NAME.json")
     args = parser.parse_args()
     sizes = args.sizes if args.model is None else [0]

@@ -94,3 +94,19 @@ class RunDir:
     def is_trained(self) -> bool:
         """Whether the folder holds a model and its config (a finished or interrupted run)."""
         return self.model.is_file() and self.config.is_file()
+
+
+def parse_sizes(values: list[str]) -> tuple[int, ...]:
+    """Sizes in px from the command line, sorted and distinct; 'paper' stands for PAPER_SIZES."""
+    import argparse
+
+    sizes: list[int] = []
+    for value in values:
+        if value == "paper":
+            sizes.extend(PAPER_SIZES)
+            continue
+        try:
+            sizes.append(int(value))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--sizes: {value!r} is neither an integer nor 'paper'") from None
+    return tuple(sorted(set(sizes)))

@@ -2,7 +2,7 @@
 
 Every manifest row says what must become of it: written, or one rejects.csv row with (stage, reason, column).
 `prepare_or_crash` is the worker prepare function that kills its process on one file; spawned workers import
-it from this module by name (they inherit the test run's sys.path, which holds tests/).
+it from this module by name (they inherit the test run's import path, which holds tests/).
 """
 
 from __future__ import annotations

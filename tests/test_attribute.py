@@ -1,12 +1,14 @@
 """tools/attribute.py and tools/predict.py end to end on a small phantom cohort with tiny models."""
 
-import json
 import importlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from archives import write_run
+
+from bnp_cxr.workspace import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (64, 96)
@@ -18,25 +20,20 @@ def load_tool(name: str):
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    """A small phantom cohort, its records at SIZES and an untrained small CNN run per size."""
+def cohort(small_cohort, tmp_path_factory):
+    """Records of the small phantom cohort at SIZES (root/records) and an untrained small CNN run per size."""
     import keras
 
     from bnp_cxr.data.manifest import load_manifest
     from bnp_cxr.models import build_model
-    from bnp_cxr.phantom import CohortConfig, generate_cohort
     from bnp_cxr.records.writer import IngestConfig, write_records
 
     root = tmp_path_factory.mktemp("attribution")
-    generate_cohort(root / "cohort", CohortConfig.small(), workers=1, progress=False)
-    manifest = load_manifest(root / "cohort" / "manifest.csv", root / "cohort" / "labs.csv")
+    manifest = load_manifest(small_cohort / "manifest.csv", small_cohort / "labs.csv")
     write_records(manifest, root / "records", IngestConfig(sizes=SIZES, shard_size=8, progress=False))
     for size in SIZES:
         keras.utils.set_random_seed(size)
-        run = root / "runs" / f"size{size}"
-        run.mkdir(parents=True)
-        build_model("small_cnn", size).save(run / "model.keras")
-        (run / "config.json").write_text(json.dumps({"size": size, "records_dir": str(root / "records")}))
+        write_run(RunDir.for_size(size, root / "runs").path, build_model("small_cnn", size), size, root / "records")
     return root
 
 
@@ -118,14 +115,14 @@ def test_attribute_rejects_bad_shard_syntax(capsys):
     assert "0 <= I < N" in capsys.readouterr().err
 
 
-def test_predict_matches_the_records_and_rejects_bad_files(cohort, tmp_path, capsys):
+def test_predict_matches_the_records_and_rejects_bad_files(cohort, small_cohort, tmp_path, capsys):
     """A prediction from the image file equals the model's output on that image's record."""
     from bnp_cxr.attribution.sample import load_sample, record_image_ids
     from bnp_cxr.evaluation.evaluate import load_run_model
     from bnp_cxr.data.manifest import load_manifest
     from bnp_cxr.predict import model_input
 
-    manifest = load_manifest(cohort / "cohort" / "manifest.csv", cohort / "cohort" / "labs.csv")
+    manifest = load_manifest(small_cohort / "manifest.csv", small_cohort / "labs.csv")
     ids = set(record_image_ids(cohort / "records", "train", 64))
     row = next(r for r in manifest.rows if r.image_id in ids)
     record = load_sample(cohort / "records", "train", 64, [row.image_id])[0]

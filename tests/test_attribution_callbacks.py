@@ -5,19 +5,14 @@ import pytest
 import saliency.core as saliency
 import tensorflow as tf
 
+from archives import SMALL_CNN_SIZE as SIZE
+
 from bnp_cxr.attribution.callbacks import ModelGradients, make_call_model_function, output_index
-from bnp_cxr.models import build_model
-
-
-@pytest.fixture(scope="module")
-def model():
-    tf.keras.utils.set_random_seed(0)
-    return build_model("small_cnn", 32)
 
 
 @pytest.mark.parametrize("target, index", [("bnp", 0), ("bnpp", 1)])
 def test_input_gradients_are_those_of_the_chosen_output(model, target, index):
-    images = np.random.default_rng(1).uniform(size=(3, 32, 32, 1)).astype(np.float32)
+    images = np.random.default_rng(1).uniform(size=(3, SIZE, SIZE, 1)).astype(np.float32)
     result = make_call_model_function(model, target)(images, None, [saliency.INPUT_OUTPUT_GRADIENTS])
     x = tf.convert_to_tensor(images)
     with tf.GradientTape() as tape:
@@ -30,7 +25,7 @@ def test_input_gradients_are_those_of_the_chosen_output(model, target, index):
 
 def test_conv_keys_and_output_values(model):
     gradients = ModelGradients(model, "bnpp")
-    images = np.random.default_rng(2).uniform(size=(2, 32, 32, 1))
+    images = np.random.default_rng(2).uniform(size=(2, SIZE, SIZE, 1))
     keys = [saliency.CONVOLUTION_LAYER_VALUES, saliency.CONVOLUTION_OUTPUT_GRADIENTS, saliency.OUTPUT_LAYER_VALUES]
     result = gradients.call_model_function(images, None, keys)
     conv = result[saliency.CONVOLUTION_LAYER_VALUES]
@@ -41,14 +36,14 @@ def test_conv_keys_and_output_values(model):
 
 
 def test_single_image_keeps_its_shape(model):
-    image = np.random.default_rng(3).uniform(size=(32, 32, 1))
+    image = np.random.default_rng(3).uniform(size=(SIZE, SIZE, 1))
     result = make_call_model_function(model)(image, None, [saliency.INPUT_OUTPUT_GRADIENTS])
     assert result[saliency.INPUT_OUTPUT_GRADIENTS].shape == image.shape
 
 
 @pytest.mark.parametrize("call, message", [
     (lambda m: output_index("troponin"), "unknown target"),
-    (lambda m: make_call_model_function(m)(np.zeros((1, 32, 32, 1)), None, ["NOT_A_KEY"]), "cannot provide"),
+    (lambda m: make_call_model_function(m)(np.zeros((1, SIZE, SIZE, 1)), None, ["NOT_A_KEY"]), "cannot provide"),
 ])
 def test_errors(model, call, message):
     with pytest.raises(ValueError, match=message):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from bnp_cxr.records.verify import read_examples
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from kill_resume import read_examples  # noqa: E402
 
 SALT = "determinism-test-salt"
 SIZES = (64, 128)

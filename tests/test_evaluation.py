@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from archives import png_records, write_run
 
 from bnp_cxr.evaluation import evaluate as evaluation
 from bnp_cxr.evaluation import metrics
-from bnp_cxr.data.manifest import load_manifest
-from bnp_cxr.records.writer import IngestConfig, write_records
+from bnp_cxr.workspace import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -37,23 +37,22 @@ def banded_image(fraction: float, rng) -> np.ndarray:
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     """Records of a 16-patient test split (2 images each) plus 2 training patients, and the truth."""
-    root = tmp_path_factory.mktemp("archive")
     rng = np.random.default_rng(0)
-    lines = ["patient_id,image_path,study_datetime,bnp,bnpp,view,split"]
-    fractions = np.linspace(0.12, 0.88, N_PATIENTS * IMAGES_PER_PATIENT)
-    for i, fraction in enumerate(fractions):
-        cv2.imwrite(str(root / f"im{i}.png"), banded_image(fraction, rng))
-        bnp, bnpp = 10 ** (INTERCEPT + SLOPE * fraction + rng.normal(0, LAB_NOISE_LOG10, 2))
-        bnp_cell = "" if i % 4 == 3 else f"{bnp:.1f}"  # a quarter without BNP
-        bnpp_cell = ">35000" if bnpp > 35000 else f"{bnpp:.1f}"
-        patient = f"MRN{i // IMAGES_PER_PATIENT:03d}"
-        lines.append(f"{patient},im{i}.png,2021-03-{i % 28 + 1:02d},{bnp_cell},{bnpp_cell},PA,test")
-    for i in range(2):
-        cv2.imwrite(str(root / f"train{i}.png"), banded_image(0.5, rng))
-        lines.append(f"TRAIN{i},train{i}.png,2021-04-01,,500,PA,train")
-    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+
+    def entries():
+        for i, fraction in enumerate(np.linspace(0.12, 0.88, N_PATIENTS * IMAGES_PER_PATIENT)):
+            image = banded_image(fraction, rng)
+            bnp, bnpp = 10 ** (INTERCEPT + SLOPE * fraction + rng.normal(0, LAB_NOISE_LOG10, 2))
+            bnp_cell = "" if i % 4 == 3 else f"{bnp:.1f}"  # a quarter without BNP
+            bnpp_cell = ">35000" if bnpp > 35000 else f"{bnpp:.1f}"
+            patient = f"MRN{i // IMAGES_PER_PATIENT:03d}"
+            yield f"im{i}.png", image, f"{patient},im{i}.png,2021-03-{i % 28 + 1:02d},{bnp_cell},{bnpp_cell},PA,test"
+        for i in range(2):
+            yield f"train{i}.png", banded_image(0.5, rng), f"TRAIN{i},train{i}.png,2021-04-01,,500,PA,train"
+
     out = tmp_path_factory.mktemp("records")
-    write_records(load_manifest(root / "manifest.csv"), out, IngestConfig(sizes=(SIZE,), shard_size=8, progress=False))
+    png_records(tmp_path_factory.mktemp("archive"), out, "patient_id,image_path,study_datetime,bnp,bnpp,view,split",
+                entries(), (SIZE,))
     return out
 
 
@@ -71,11 +70,8 @@ def build_model():
 
 @pytest.fixture(scope="module")
 def run_dir(records, tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / f"size{SIZE}"
-    run.mkdir()
-    build_model().save(run / "model.keras")
-    (run / "config.json").write_text(json.dumps({"size": SIZE, "records_dir": str(records), "backbone": "tiny"}))
-    return run
+    return write_run(RunDir.for_size(SIZE, tmp_path_factory.mktemp("runs")).path, build_model(), SIZE, records,
+                     backbone="tiny")
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +134,7 @@ def test_metrics_follow_the_known_truth(evaluated):
 
 def test_metrics_json_matches_predictions_csv(evaluated, run_dir):
     """metrics.json is what compute_metrics gives on predictions.csv: nothing else feeds it."""
-    table = pd.read_csv(run_dir / "predictions.csv")
+    table = pd.read_csv(RunDir(run_dir).predictions)
     again = metrics.compute_metrics(table, n_boot=1000, seed=3)
     for name, entry in evaluated["metrics"].items():
         for key in ("estimate", "ci_low", "ci_high"):
@@ -148,7 +144,7 @@ def test_metrics_json_matches_predictions_csv(evaluated, run_dir):
 def test_cli_prints_table_and_writes_files(records, run_dir, tmp_path):
     run = tmp_path / "cli_run"
     run.mkdir()
-    for name in ("model.keras", "config.json"):
+    for name in (RunDir.MODEL, RunDir.CONFIG):
         (run / name).write_bytes((run_dir / name).read_bytes())
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--size", str(SIZE), "--run-dir",
@@ -156,7 +152,7 @@ def test_cli_prints_table_and_writes_files(records, run_dir, tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "auc_combined" in done.stdout and "patient-level percentile bootstrap" in done.stdout
-    assert json.loads((run / "metrics.json").read_text())["bootstrap"]["seed"] == 1
+    assert json.loads(RunDir(run).metrics.read_text())["bootstrap"]["seed"] == 1
     assert (run / "roc.png").is_file() and (run / "scatter.png").is_file()
 
 

@@ -1,13 +1,11 @@
 """Model-randomisation sanity check: layer groups, re-initialisation, map similarity, frames and plot."""
 
-import importlib.util
-import json
-from pathlib import Path
-
 import keras
 import numpy as np
 import pandas as pd
 import pytest
+from archives import SMALL_CNN_SIZE as SIZE
+from archives import png_records, write_run
 from matplotlib.image import imread
 
 from bnp_cxr.attribution.methods import MethodConfig
@@ -15,15 +13,7 @@ from bnp_cxr.attribution.sanity import (SANITY_COLUMNS, cascading_randomization,
                                         map_similarity, plot_sanity, randomization_groups, reinitialize)
 from bnp_cxr.models import build_model
 
-REPO = Path(__file__).resolve().parents[1]
-SIZE = 32
 CLI_SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def model():
-    keras.utils.set_random_seed(0)
-    return build_model("small_cnn", SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +140,6 @@ def test_independent_randomization_randomises_one_group_per_step(model, images):
                                cascading.iloc[1][["spearman", "ssim"]].astype(float))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("bnp_cxr.attribution.xrai") is None,
-                    reason="bnp_cxr.attribution.xrai (xrai_map) is not written yet")
 def test_cascading_runs_xrai(model, images):
     frame = cascading_randomization(model, images, ("xrai",), max_steps=1, config=MethodConfig(ig_steps=4))
     assert frame.step.tolist() == [0, 1] and np.isfinite(frame.ssim).all() and frame.ssim.iloc[0] == pytest.approx(1)
@@ -180,28 +168,16 @@ def test_plot_sanity_writes_a_png(tmp_path, model, images):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run folder (small_cnn at 64 px, the records' smallest size; untrained) with 5 test and 1 training images."""
-    import cv2
-
-    from bnp_cxr.data.manifest import load_manifest
-    from bnp_cxr.records.writer import IngestConfig, write_records
-
-    archive = tmp_path_factory.mktemp("archive")
     rng = np.random.default_rng(6)
-    lines = ["patient_id,image_path,study_datetime,bnp,bnpp,view,split"]
-    for i, split in enumerate(["test"] * 5 + ["train"]):
-        cv2.imwrite(str(archive / f"im{i}.png"), rng.integers(2000, 60000, (128, 128)).astype(np.uint16))
-        lines.append(f"P{i:03d},im{i}.png,2021-03-0{i + 1},{50 + 40 * i},{200 + 150 * i},PA,{split}")
-    (archive / "manifest.csv").write_text("\n".join(lines) + "\n")
+    entries = ((f"im{i}.png", rng.integers(2000, 60000, (128, 128)).astype(np.uint16),
+                f"P{i:03d},im{i}.png,2021-03-0{i + 1},{50 + 40 * i},{200 + 150 * i},PA,{split}")
+               for i, split in enumerate(["test"] * 5 + ["train"]))
     records = tmp_path_factory.mktemp("records")
-    write_records(load_manifest(archive / "manifest.csv"), records,
-                  IngestConfig(sizes=(CLI_SIZE,), shard_size=8, progress=False))
-    run = tmp_path_factory.mktemp("runs") / "size64"
-    run.mkdir()
+    png_records(tmp_path_factory.mktemp("archive"), records, "patient_id,image_path,study_datetime,bnp,bnpp,view,split",
+                entries, (CLI_SIZE,))
     keras.utils.set_random_seed(3)
-    build_model("small_cnn", CLI_SIZE).save(run / "model.keras")
-    config = {"size": CLI_SIZE, "records_dir": str(records), "backbone": "small_cnn"}
-    (run / "config.json").write_text(json.dumps(config))
-    return run
+    return write_run(tmp_path_factory.mktemp("runs") / "size64", build_model("small_cnn", CLI_SIZE), CLI_SIZE,
+                         records, backbone="small_cnn")
 
 
 def load_cli():
@@ -212,7 +188,6 @@ def load_cli():
 
 def test_cli_writes_csv_and_plot_per_run(run_dir, tmp_path, capsys):
     cli = load_cli()
-    assert cli.find_runs(run_dir.parent) == [run_dir]
     argv = ["--runs-root", str(run_dir.parent), "--n", "3", "--methods", "vanilla", "gradcam", "--max-steps", "2",
             "--out", str(tmp_path)]
     assert cli.main(argv) == 0

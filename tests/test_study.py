@@ -303,6 +303,8 @@ def test_cli_adds_in_lung_columns_from_attribution(cli, finished, records, tmp_p
 
 @pytest.mark.parametrize("flag, expected", [([], None), (["--xla"], True), (["--no-xla"], False)])
 def test_cli_takes_train_py_precision_options(cli, flag, expected):
-    args = cli.build_parser().parse_args(["--mixed-precision", "bfloat16", *flag])
-    training = {dest: getattr(args, dest) for dest in cli.TRAINING_DESTS}
-    assert (training["xla"], training["mixed_precision"]) == (expected, "bfloat16")
+    from bnp_cxr.training.arguments import training_options
+
+    options = training_options(cli.build_parser().parse_args(["--mixed-precision", "bfloat16", *flag]))
+    assert (options.get("xla"), options["mixed_precision"]) == (expected, "bfloat16")
+    assert not {"size", "run_dir", "resume"} & set(options)

@@ -32,6 +32,7 @@ from skimage.metrics import structural_similarity
 
 from bnp_cxr.attribution.callbacks import ModelGradients
 from bnp_cxr.attribution.methods import METHODS, MethodConfig, attribution_maps, check_images
+from bnp_cxr.workspace import RECORDS_DIR, RunDir
 
 SANITY_COLUMNS = ("method", "step", "layer", "n_layers_randomized", "spearman", "spearman_std", "ssim", "ssim_std",
                   "n_images")
@@ -43,6 +44,7 @@ _INITIALIZER_ATTRIBUTES = {
     "pointwise_kernel": ("pointwise_initializer",),
 }
 PLOT_DPI = 150
+SANITY_CSV, SANITY_PLOT = "sanity.csv", "sanity.png"  # per run, in OUT/<run name>/
 
 
 def _initializer(layer: keras.layers.Layer, variable) -> keras.initializers.Initializer | None:
@@ -199,3 +201,45 @@ def plot_sanity(frame: pd.DataFrame, path: str | os.PathLike, title: str = "") -
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=PLOT_DPI)
     return path
+
+
+def first_images(records_dir: str | os.PathLike, split: str, size: int, n: int) -> tuple[np.ndarray, list[str]]:
+    """The first n images of a split in deterministic record order: (float32 [n, size, size, 1], image_ids)."""
+    from bnp_cxr.records.reader import make_dataset
+
+    images, ids = [], []
+    for batch, _, meta in make_dataset(records_dir, split, size, batch_size=n, deterministic=True, with_metadata=True):
+        images.append(batch.numpy())
+        ids += [value.decode() for value in meta["image_id"].numpy()]
+        if len(ids) >= n:
+            break
+    if not ids:
+        raise ValueError(f"no {split} images at {size} px in {records_dir}")
+    return np.concatenate(images)[:n], ids[:n]
+
+
+def check_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, methods: Sequence[str] = METHODS, *,
+              records_dir: str | os.PathLike | None = None, split: str = "test", n_images: int = 8,
+              target: str = "bnpp", config: MethodConfig = MethodConfig(), max_steps: int | None = None,
+              seed: int = 0) -> tuple[pd.DataFrame, Path, str]:
+    """Cascading randomisation of a run on its split's first n images; writes sanity.csv and sanity.png.
+
+    Returns the frame, the folder written (out_dir/<run name>) and the plot's title.
+    """
+    from bnp_cxr.evaluation.evaluate import load_run_model, read_run_config
+
+    run = RunDir(run_dir)
+    run_config = read_run_config(run.path)
+    records = Path(records_dir or run_config.get("records_dir") or RECORDS_DIR)
+    if not run.model.is_file():
+        raise FileNotFoundError(f"{run.model} not found: train the run first (tools/train.py)")
+    images, ids = first_images(records, split, int(run_config["size"]), n_images)
+    frame = cascading_randomization(load_run_model(run.model), images, methods, target=target, config=config,
+                                    max_steps=max_steps, seed=seed)
+    out = Path(out_dir) / run.path.name
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / SANITY_CSV, index=False, float_format="%.4f")
+    title = (f"{run.path.name}: {run_config.get('backbone', '?')} {run_config['size']} px, {len(ids)} {split} "
+             f"images, target {target}")
+    plot_sanity(frame, out / SANITY_PLOT, title=title)
+    return frame, out, title

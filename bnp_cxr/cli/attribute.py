@@ -16,8 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_RUNS = Path("work/runs")
-DEFAULT_OUT = Path("work/attribution")
+from bnp_cxr.workspace import ATTRIBUTION_DIR, RUNS_DIR, SPLITS
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -35,12 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     from bnp_cxr.attribution.methods import METHODS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="folder of run folders (default: %(default)s)")
+    parser.add_argument("--runs", type=Path, default=RUNS_DIR, help="folder of run folders (default: %(default)s)")
     parser.add_argument("--run", type=Path, nargs="+", help="explain these run folders instead of all of --runs")
     parser.add_argument("--records", type=Path, help="records folder (default: each run's own)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=ATTRIBUTION_DIR, help="output folder (default: %(default)s)")
     parser.add_argument("--n", type=int, default=16, help="test images in the sample (default: %(default)s)")
-    parser.add_argument("--split", choices=("train", "val", "test"), default="test")
+    parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument("--seed", type=int, default=0, help="sample, SmoothGrad and bootstrap seed")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--target", choices=("bnpp", "bnp"), default="bnpp",

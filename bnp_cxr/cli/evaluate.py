@@ -13,15 +13,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from bnp_cxr.workspace import RECORDS_DIR, RUNS_DIR, SPLITS, RunDir
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256, help="image size in px of the run (default: %(default)s)")
-    parser.add_argument("--run-dir", type=Path, help="run folder with model.keras and config.json "
-                                                     "(default: work/runs/size{SIZE})")
+    parser.add_argument("--run-dir", type=Path, help=f"run folder with {RunDir.MODEL} and {RunDir.CONFIG} "
+                                                     f"(default: {RUNS_DIR / 'size{SIZE}'})")
     parser.add_argument("--records", type=Path,
-                        help="records folder (default: the run config's records_dir, else work/records)")
-    parser.add_argument("--split", choices=("train", "val", "test"), default="test", help="(default: %(default)s)")
+                        help=f"records folder (default: the run config's records_dir, else {RECORDS_DIR})")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="(default: %(default)s)")
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples, >= 1000 (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="prediction batch size (default: %(default)s)")
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from bnp_cxr.evaluation.evaluate import evaluate_run, read_run_config, report_text
 
-    run_dir = args.run_dir or Path(f"work/runs/size{args.size}")
+    run_dir = args.run_dir or RunDir.for_size(args.size).path
     try:
         config_size = int(read_run_config(run_dir)["size"])
         if config_size != args.size:  # the model's input size decides; say so rather than fail

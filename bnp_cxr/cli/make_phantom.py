@@ -11,10 +11,12 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from bnp_cxr.workspace import COHORT_DIR
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("work/cohort"), help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=COHORT_DIR, help="output folder (default: %(default)s)")
     parser.add_argument("--n-images", type=int, help="images (default: 360; --small: 24)")
     parser.add_argument("--n-patients", type=int, help="patients (default: 300; --small: 20)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")

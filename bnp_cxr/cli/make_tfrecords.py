@@ -21,34 +21,19 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_COHORT = Path("work/cohort")
-DEFAULT_OUT = Path("work/records")
-
-
-def parse_sizes(values: list[str]) -> tuple[int, ...]:
-    """Sizes in px from the command line; 'paper' stands for 64 128 256 512 1024."""
-    from bnp_cxr.workspace import PAPER_SIZES
-
-    sizes: list[int] = []
-    for value in values:
-        if value == "paper":
-            sizes.extend(PAPER_SIZES)
-            continue
-        try:
-            sizes.append(int(value))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--sizes: {value!r} is neither an integer nor 'paper'") from None
-    return tuple(sorted(set(sizes)))
+from bnp_cxr.workspace import (BNP_THRESHOLD_PG_ML, BNPP_THRESHOLD_PG_ML, COHORT_DIR, DEFAULT_SIZES, RECORDS_DIR,
+                               parse_sizes)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", type=Path, help="manifest CSV (default: the phantom cohort, generated if absent)")
     parser.add_argument("--labs", type=Path, help="labs table CSV (patient_id, lab_datetime, test, value)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT),
+    parser.add_argument("--out", default=str(RECORDS_DIR),
                         help="output folder; a gs:// or hdfs:// URL with a Beam runner (default: %(default)s)")
-    parser.add_argument("--sizes", nargs="+", default=["64", "128", "256"],
-                        help="square sizes in px, 64..1024, or 'paper' (64 128 256 512 1024); default: 64 128 256")
+    parser.add_argument("--sizes", nargs="+", default=[str(size) for size in DEFAULT_SIZES],
+                        help="square sizes in px, 64..1024, or 'paper' (64 128 256 512 1024); default: "
+                             + " ".join(map(str, DEFAULT_SIZES)))
     parser.add_argument("--shard-size", type=int, default=128, help="radiographs per shard (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="decode processes (default: all cores, %(default)s); a file that crashes its codec "
@@ -59,13 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="replace existing shards of these sizes")
     parser.add_argument("--window-hours", type=float, default=24.0,
                         help="labs table pairing: nearest lab within +-H hours of the study (default: %(default)s)")
-    parser.add_argument("--bnpp-threshold", type=float, default=400.0, help="positive if BNPP > this pg/mL")
-    parser.add_argument("--bnp-threshold", type=float, default=100.0, help="positive if BNP > this pg/mL")
+    parser.add_argument("--bnpp-threshold", type=float, default=BNPP_THRESHOLD_PG_ML,
+                        help="positive if BNPP > this pg/mL (default: %(default)s)")
+    parser.add_argument("--bnp-threshold", type=float, default=BNP_THRESHOLD_PG_ML,
+                        help="positive if BNP > this pg/mL (default: %(default)s)")
     parser.add_argument("--allow-lateral", action="store_true", help="keep lateral views (rejected by default)")
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="accept absolute manifest paths and ../ paths that leave the manifest's folder "
                              "(rejected by default)")
-    parser.add_argument("--cohort", type=Path, default=DEFAULT_COHORT,
+    parser.add_argument("--cohort", type=Path, default=COHORT_DIR,
                         help="where the phantom cohort lives when no --manifest is given (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--runner", default="local",

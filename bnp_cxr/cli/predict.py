@@ -14,18 +14,22 @@ import argparse
 import sys
 from pathlib import Path
 
+from bnp_cxr.workspace import BNP_THRESHOLD_PG_ML, BNPP_THRESHOLD_PG_ML, PREDICTIONS_DIR, RunDir
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", type=Path, help="DICOM / PNG / JPEG radiographs (frontal)")
-    parser.add_argument("--run", type=Path, default=Path("work/runs/size256"), help="run folder (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("work/predictions"), help="overlay folder (default: %(default)s)")
+    parser.add_argument("--run", type=Path, default=RunDir.for_size(256).path, help="run folder (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=PREDICTIONS_DIR, help="overlay folder (default: %(default)s)")
     parser.add_argument("--method", choices=("vanilla", "gradcam", "xrai"), default="gradcam",
                         help="attribution drawn on the overlay (default: %(default)s)")
     parser.add_argument("--target", choices=("bnpp", "bnp"), default="bnpp", help="output explained (default: %(default)s)")
     parser.add_argument("--lung-model", type=Path, help="lung U-Net (tools/train_lungs.py): draw the lung contour")
-    parser.add_argument("--bnpp-threshold", type=float, default=400.0, help="positive if BNPP > this pg/mL")
-    parser.add_argument("--bnp-threshold", type=float, default=100.0, help="positive if BNP > this pg/mL")
+    parser.add_argument("--bnpp-threshold", type=float, default=BNPP_THRESHOLD_PG_ML,
+                        help="positive if BNPP > this pg/mL (default: %(default)s)")
+    parser.add_argument("--bnp-threshold", type=float, default=BNP_THRESHOLD_PG_ML,
+                        help="positive if BNP > this pg/mL (default: %(default)s)")
     parser.add_argument("--allow-lateral", action="store_true", help="predict lateral views too (not trained on them)")
     return parser
 

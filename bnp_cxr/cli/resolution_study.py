@@ -13,54 +13,38 @@ other settings is refused unless --retrain. Records must exist at every size (to
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib.util
 import os
 import sys
 import time
 from pathlib import Path
 
+from bnp_cxr.workspace import (ATTRIBUTION_DIR, COHORT_DIR, DEFAULT_SIZES, RECORDS_DIR, RUNS_DIR, STUDY_DIR, RunDir,
+                               parse_sizes)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-TOOLS = Path(__file__).resolve().parent
-# Options of tools/train.py that stay per study rather than per size (those that pick one run are left out).
-TRAINING_DESTS = ("preset", "records_dir", "backbone", "weights", "epochs", "batch_size", "lr", "schedule",
-                  "warmup_epochs", "mixed_precision", "xla", "sync_batchnorm", "seed", "augment", "loss_weights", "dropout", "cache",
-                  "n_boot", "verbose")
-
-
-@functools.cache
-def _tool(name: str):
-    """A sibling tool script as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"bnp_cxr_tools_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bnp_cxr.workspace import DEFAULT_SIZES
-    from bnp_cxr.training.config import DEFAULT_RECORDS, DEFAULT_RUNS
+    from bnp_cxr.attribution.run import AGGREGATE
+    from bnp_cxr.training.arguments import add_training_arguments
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=[str(size) for size in DEFAULT_SIZES],
                         help="image sizes in px, or 'paper' (64 128 256 512 1024); default: "
                              + " ".join(map(str, DEFAULT_SIZES)))
-    parser.add_argument("--runs", type=Path, default=Path(DEFAULT_RUNS), help="runs root: one size{N} folder per "
-                                                                               "size (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("work/study"), help="report folder (default: %(default)s)")
+    parser.add_argument("--runs", type=Path, default=RUNS_DIR, help="runs root: one size{N} folder per size "
+                                                                    "(default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=STUDY_DIR, help="report folder (default: %(default)s)")
     parser.add_argument("--retrain", action="store_true", help="delete and retrain the run of every size")
-    parser.add_argument("--in-lung", type=Path, default=Path("work/attribution") / "in_lung.csv",
+    parser.add_argument("--in-lung", type=Path, default=ATTRIBUTION_DIR / AGGREGATE,
                         help="tools/attribute.py's in_lung.csv: its in-lung attention per method becomes extra "
                              "columns for the sizes it covers, when newer than those runs' models "
                              "(default: %(default)s, used if present)")
     parser.add_argument("--make-records", action="store_true",
-                        help="write missing records from the phantom cohort (work/cohort, generated if absent) "
-                             f"into --records (default {DEFAULT_RECORDS}) instead of stopping")
-    group = parser.add_argument_group("training options, as in tools/train.py (the same for every size)")
-    # argparse's parents= copies every action; the study needs all of train.py's but the per-run ones.
-    for action in _tool("train").build_parser()._actions:
-        if action.dest in TRAINING_DESTS:
-            group._add_action(action)
+                        help=f"write missing records from the phantom cohort ({COHORT_DIR}, generated if absent) "
+                             f"into --records (default {RECORDS_DIR}) instead of stopping")
+    add_training_arguments(parser, per_run=False,
+                           title="training options, as in tools/train.py (the same for every size)")
     return parser
 
 
@@ -72,12 +56,11 @@ def in_lung_columns(path: Path, runs_root: Path, sizes: list[int]) -> dict[int, 
     import pandas as pd
 
     from bnp_cxr.attribution.inlung import study_columns
-    from bnp_cxr.training.loop import MODEL_FILE
 
     columns = study_columns(pd.read_csv(path), metrics=("mass_in_lung_fraction", "top_in_lung_fraction"))
     kept, stale = {}, []
     for size in sizes:
-        model = runs_root / f"size{size}" / MODEL_FILE
+        model = RunDir.for_size(size, runs_root).model
         if size in columns and model.is_file() and model.stat().st_mtime <= path.stat().st_mtime:
             kept[size] = columns[size]
         elif size in columns:
@@ -91,26 +74,29 @@ def in_lung_columns(path: Path, runs_root: Path, sizes: list[int]) -> dict[int, 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from bnp_cxr.data.manifest import ManifestError
+    from bnp_cxr.evaluation.study import (missing_records, records_command, run_study, shared_settings,
+                                          write_phantom_records, write_report)
     from bnp_cxr.models import WeightsDownloadError
-    from bnp_cxr.evaluation.study import missing_records, records_command, run_study, shared_settings, write_report
-    from bnp_cxr.training.config import DEFAULT_RECORDS
+    from bnp_cxr.training.arguments import training_options
 
     started = time.perf_counter()
-    train_cli, records_cli = _tool("train"), _tool("make_tfrecords")
     try:
-        sizes = records_cli.parse_sizes(args.sizes)
+        sizes = parse_sizes(args.sizes)
     except argparse.ArgumentTypeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    training = argparse.Namespace(**{dest: getattr(args, dest) for dest in TRAINING_DESTS})
-    options = train_cli.options_from_args(training)
-    records_dir = Path(options.get("records_dir", DEFAULT_RECORDS))
+    options = training_options(args)
+    records_dir = Path(options.get("records_dir", RECORDS_DIR))
     missing = missing_records(records_dir, sizes)
     if missing and args.make_records:
-        print(f"writing phantom-cohort records at {sorted(missing)} px into {records_dir}")
-        code = records_cli.main(["--out", str(records_dir), "--sizes", *map(str, sorted(missing)), "--resume"])
-        if code:
-            return code
+        print(f"writing phantom-cohort records at {sorted(missing)} px into {records_dir} (cohort: {COHORT_DIR})")
+        try:
+            summary = write_phantom_records(records_dir, sorted(missing), COHORT_DIR)
+        except (ManifestError, FileExistsError, FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"{summary['written']} images written, {summary['rejected']} rejected ({records_dir / 'summary.json'})")
         missing = missing_records(records_dir, sizes)
     if missing:
         gaps = "; ".join(f"{size} px: no {', '.join(splits)}" for size, splits in sorted(missing.items()))

@@ -23,68 +23,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bnp_cxr.models import BACKBONES
-    from bnp_cxr.training.config import DEFAULT_RECORDS, MIXED_PRECISION, PRESETS, SCHEDULES, TrainConfig
+    from bnp_cxr.training.arguments import add_training_arguments
 
-    d = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=None)
-    parser.add_argument("--config", dest="preset", choices=sorted(PRESETS),
-                        help="a preset; 'paper': resnet152, imagenet, L1 on log10 labels, Adam, the records' split")
-    parser.add_argument("--records", dest="records_dir", help=f"records folder (default: {DEFAULT_RECORDS})")
-    parser.add_argument("--size", type=int, help=f"image size in px; records must exist at it (default: {d.size})")
-    parser.add_argument("--backbone", choices=sorted(BACKBONES),
-                        help="default: small_cnn without a GPU, resnet152 with one")
-    parser.add_argument("--weights", help="imagenet, none, or a .weights.h5 / .keras file (default: none)")
-    parser.add_argument("--epochs", type=int, help=f"default: {d.epochs}")
-    parser.add_argument("--batch-size", type=int,
-                        help=f"global batch size, split across GPUs and workers (default: {d.batch_size})")
-    parser.add_argument("--lr", type=float, help=f"Adam learning rate (default: {d.lr:g}; paper preset 1e-4)")
-    parser.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default: {d.schedule})")
-    parser.add_argument("--warmup-epochs", type=float, help="linear warm-up from 0 over this many epochs (default: 0)")
-    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION,
-                        help="on = float16 compute with loss scaling, bfloat16 = bfloat16 compute; float32 "
-                             "variables and outputs either way (default auto: on when a GPU is visible)")
-    parser.add_argument("--xla", action=argparse.BooleanOptionalAction,
-                        help="compile the train / eval steps with XLA (default: off)")
-    parser.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction,
-                        help="BatchNorm statistics of the global batch, all-reduced across GPUs and workers "
-                             "(default: off, per replica)")
-    parser.add_argument("--seed", type=int, help=f"default: {d.seed}")
-    parser.add_argument("--run-dir", help="run folder (default: work/runs/size{SIZE})")
-    parser.add_argument("--resume", action="store_true", default=False,
-                        help="continue the run in --run-dir from its last completed epoch")
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, help="training augmentation (default: on)")
-    parser.add_argument("--loss-weights", type=float, nargs=2, metavar=("BNP", "BNPP"),
-                        help="weights of the two outputs in the L1 loss (default: 1 1)")
-    parser.add_argument("--dropout", type=float, help=f"dropout before the output layer (default: {d.dropout})")
-    parser.add_argument("--cache", action=argparse.BooleanOptionalAction, help="cache records in memory (default: off)")
-    parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
-                        help="evaluate the best model on the test split when training ends (default: on)")
-    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for that evaluation")
-    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                        help="0 silent, 1 progress bar, 2 one line per epoch (default: 1)")
+    add_training_arguments(parser)
     return parser
-
-
-def options_from_args(args: argparse.Namespace) -> dict:
-    """The TrainConfig options the user gave explicitly (argparse leaves the others None)."""
-    skip = {"preset", "resume", "verbose", "evaluate", "n_boot"}
-    options = {key: value for key, value in vars(args).items() if value is not None and key not in skip}
-    if "weights" in options and options["weights"].lower() == "none":
-        options["weights"] = None
-    if "loss_weights" in options:
-        options["loss_weights"] = tuple(options["loss_weights"])
-    return options
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from bnp_cxr.models import WeightsDownloadError
     from bnp_cxr.training import make_config, train
+    from bnp_cxr.training.arguments import training_options
 
     try:
-        config = make_config(options_from_args(args), preset=args.preset, resume=args.resume)
+        config = make_config(training_options(args), preset=args.preset, resume=args.resume)
         result = train(config, verbose=args.verbose)
     except (FileExistsError, FileNotFoundError, ValueError, WeightsDownloadError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -16,10 +16,12 @@ import os
 import sys
 from pathlib import Path
 
+from bnp_cxr.workspace import COHORT_DIR, LUNGS_DIR
+
 # Before TensorFlow is imported: its C++ start-up chatter hides the output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-DEFAULT_DATA = Path("work/cohort/manifest.csv")
+DEFAULT_DATA = COHORT_DIR / "manifest.csv"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-fraction", type=float, default=0.15, help="held-out fraction (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
-    parser.add_argument("--out", type=Path, help="model path (default: work/lungs/unet{SIZE}.keras)")
+    parser.add_argument("--out", type=Path, help=f"model path (default: {LUNGS_DIR / 'unet{SIZE}.keras'})")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
                         help="0 silent, 1 progress bar, 2 one line per epoch (default: %(default)s)")
     return parser
@@ -51,11 +53,11 @@ def data_name(data: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.data.exists():
-        hint = ("make the phantom cohort with `python tools/make_phantom.py` (writes work/cohort/manifest.csv), "
+        hint = (f"make the phantom cohort with `python tools/make_phantom.py` (writes {DEFAULT_DATA}), "
                 "or pass --data FOLDER" if args.data == DEFAULT_DATA else "pass an existing --data")
         print(f"error: no training data at {args.data}: {hint}", file=sys.stderr)
         return 2
-    out = args.out or Path("work/lungs") / f"unet{args.size}.keras"
+    out = args.out or LUNGS_DIR / f"unet{args.size}.keras"
     if out.suffix != ".keras":
         print(f"error: --out must end in .keras, got {out}", file=sys.stderr)
         return 2
@@ -63,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from bnp_cxr import lungs
+    from bnp_cxr.rejects import Reject
 
     try:
-        rejects: list[lungs.LungReject] = []
+        rejects: list[Reject] = []
         pairs = lungs.read_mask_folder(args.data, rejects=rejects)
         n_listed = len(pairs) + len(rejects)
         images, masks = lungs.load_pairs(pairs, args.size, rejects=rejects)

@@ -22,16 +22,13 @@ from bnp_cxr.workspace import RECORDS_DIR, RunDir
 
 PREDICTION_COLUMNS = ("image_id", "patient_id", "true_log10_bnp", "pred_log10_bnp", "true_log10_bnpp",
                       "pred_log10_bnpp", "positive", "bnp_censored", "bnpp_censored")
+ROC_PLOT, SCATTER_PLOT = "roc.png", "scatter.png"  # in the run folder, beside predictions.csv and metrics.json
 
 
 def load_run_model(path: str | os.PathLike):
-    """Load a saved Keras model for inference (bnp_cxr.models.load_model when present)."""
-    try:
-        from bnp_cxr.models import load_model
-    except ImportError:  # models.py registers its custom layers; plain Keras models load without it
-        import keras
+    """Load a saved model for inference, with this package's custom layers registered."""
+    from bnp_cxr.models import load_model
 
-        return keras.models.load_model(path, compile=False)
     return load_model(path, compile=False)
 
 
@@ -101,8 +98,8 @@ def evaluate_run(run_dir: str | os.PathLike, records_dir: str | os.PathLike | No
     result = {"run_dir": str(run_dir), "split": split, "size": size, "records_dir": str(records_dir), **result}
     table.to_csv(RunDir(run_dir).predictions, index=False, float_format="%.6g")
     RunDir(run_dir).metrics.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    figures.roc_figure(table, result, run_dir / "roc.png", thresholds)
-    figures.scatter_figure(table, result, run_dir / "scatter.png", thresholds)
+    figures.roc_figure(table, result, run_dir / ROC_PLOT, thresholds)
+    figures.scatter_figure(table, result, run_dir / SCATTER_PLOT, thresholds)
     return result
 
 
@@ -128,4 +125,5 @@ def format_table(result: dict) -> str:
 
 def report_text(result: dict, run_dir: str | os.PathLike) -> str:
     """The metrics table plus where the evaluation's files went (what the CLIs print)."""
-    return f"{format_table(result)}\nwrote predictions.csv, metrics.json, roc.png, scatter.png to {run_dir}"
+    return (f"{format_table(result)}\nwrote {RunDir.PREDICTIONS}, {RunDir.METRICS}, {ROC_PLOT}, {SCATTER_PLOT} "
+            f"to {run_dir}")

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from bnp_cxr.workspace import SPLITS, RunDir
+from bnp_cxr.workspace import COHORT_DIR, SPLITS, RunDir
 
 if TYPE_CHECKING:  # the report functions run without TensorFlow; training is imported where it is used
     from bnp_cxr.training.config import TrainConfig
@@ -190,6 +191,20 @@ def missing_records(records_dir: str | Path, sizes: Sequence[int]) -> dict[int, 
     return {size: splits for size, splits in missing.items() if splits}
 
 
+def write_phantom_records(records_dir: str | Path, sizes: Sequence[int], cohort_dir: str | Path = COHORT_DIR,
+                          workers: int | None = None) -> dict:
+    """Records at `sizes` from the phantom cohort (generated if absent), resuming any in records_dir; the summary."""
+    from bnp_cxr.data.manifest import load_manifest
+    from bnp_cxr.phantom import generate_cohort
+    from bnp_cxr.records.writer import IngestConfig, write_records
+
+    workers = workers or os.cpu_count() or 1
+    cohort = Path(cohort_dir)
+    generate_cohort(cohort, workers=workers)
+    manifest = load_manifest(cohort / "manifest.csv", cohort / "labs.csv")
+    return write_records(manifest, records_dir, IngestConfig(sizes=tuple(sorted(sizes)), workers=workers, resume=True))
+
+
 def records_command(records_dir: str | Path, sizes: Sequence[int]) -> str:
     """The tools/make_tfrecords.py command that adds records at these sizes (the phantom cohort by default)."""
     return (f"python tools/make_tfrecords.py --out {records_dir} --sizes {' '.join(map(str, sorted(sizes)))} "
@@ -210,20 +225,21 @@ class SizeOutcome:
 
 def plan_size(config: TrainConfig, n_boot: int) -> tuple[str, str]:
     """(action, why) for a resolved config: train, resume, evaluate or reuse; ValueError when the run differs."""
-    from bnp_cxr.training.config import CONFIG_FILE, TrainConfig, identity_mismatches
-    from bnp_cxr.training.loop import MODEL_FILE, completed_epochs, data_fingerprint
+    from bnp_cxr.training.config import TrainConfig, identity_mismatches
+    from bnp_cxr.training.loop import completed_epochs, data_fingerprint
 
-    run_dir, records_dir = Path(config.run_dir), Path(config.records_dir)
+    run, records_dir = RunDir(config.run_dir), Path(config.records_dir)
+    run_dir = run.path
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return "train", "no run yet"
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise ValueError(f"{run_dir} is not empty but has no {CONFIG_FILE}: not a training run; move it away")
-    saved = json.loads((run_dir / CONFIG_FILE).read_text())
+    if not run.config.is_file():
+        raise ValueError(f"{run_dir} is not empty but has no {RunDir.CONFIG}: not a training run; move it away")
+    saved = json.loads(run.config.read_text())
     differences = identity_mismatches(TrainConfig.from_json(saved), config)
     if saved.get("epochs") != config.epochs:
         differences.append(f"epochs: {saved.get('epochs')!r} -> {config.epochs!r}")
     done = completed_epochs(run_dir)
-    model = run_dir / MODEL_FILE
+    model = run.model
     if saved.get("data", {}).get("sha256") != data_fingerprint(records_dir, config.size)["sha256"]:
         differences.append("records changed since the run was trained")
     if differences:
@@ -232,9 +248,9 @@ def plan_size(config: TrainConfig, n_boot: int) -> tuple[str, str]:
     if done < config.epochs:
         return "resume", f"{done} of {config.epochs} epochs done"
     if not model.is_file():
-        raise ValueError(f"{run_dir} finished {done} epochs but has no {MODEL_FILE} (no finite val loss?); "
+        raise ValueError(f"{run_dir} finished {done} epochs but has no {RunDir.MODEL} (no finite val loss?); "
                          "pass --retrain")
-    metrics_path = RunDir(run_dir).metrics
+    metrics_path = run.metrics
     if metrics_path.is_file() and metrics_path.stat().st_mtime >= model.stat().st_mtime:
         metrics = json.loads(metrics_path.read_text())
         if (metrics.get("split"), metrics.get("bootstrap", {}).get("n_boot"), metrics.get("records_dir")) == (
@@ -248,7 +264,7 @@ def size_config(options: Mapping[str, Any], size: int, runs_root: str | Path, pr
     """The training config of one size: the shared options, this size, and run_dir runs_root/size{size}."""
     from bnp_cxr.training.config import make_config
 
-    return make_config({**options, "size": size, "run_dir": str(Path(runs_root) / f"size{size}")},
+    return make_config({**options, "size": size, "run_dir": str(RunDir.for_size(size, runs_root).path)},
                        preset=preset, resume=resume)
 
 
@@ -258,15 +274,16 @@ def run_size(options: Mapping[str, Any], size: int, runs_root: str | Path, *, pr
     """Train, resume, evaluate or reuse the run of one size (see plan_size); returns its test metrics."""
     from bnp_cxr.evaluation.evaluate import evaluate_run
     from bnp_cxr.training import resolve, train
-    from bnp_cxr.training.config import CONFIG_FILE, gpus_visible
+    from bnp_cxr.training.config import gpus_visible
 
     started = time.perf_counter()
     config = size_config(options, size, runs_root, preset)
     resolved, _ = resolve(config, gpus_visible())
-    run_dir = Path(resolved.run_dir)
+    run = RunDir(resolved.run_dir)
+    run_dir = run.path
     if retrain and run_dir.exists():
-        if any(run_dir.iterdir()) and not (run_dir / CONFIG_FILE).is_file():
-            raise ValueError(f"{run_dir} has no {CONFIG_FILE}: not a training run, not deleting it")
+        if any(run_dir.iterdir()) and not run.config.is_file():
+            raise ValueError(f"{run_dir} has no {RunDir.CONFIG}: not a training run, not deleting it")
         shutil.rmtree(run_dir)
     action, why = plan_size(resolved, n_boot)
     log(f"size {size}: {action} {run_dir} ({why})")
@@ -276,10 +293,10 @@ def run_size(options: Mapping[str, Any], size: int, runs_root: str | Path, *, pr
         if result.epochs_completed < result.config.epochs:
             raise RuntimeError(f"{run_dir} stopped after {result.epochs_completed} of {result.config.epochs} epochs")
     if action == "reuse":
-        metrics = json.loads(RunDir(run_dir).metrics.read_text())
+        metrics = json.loads(run.metrics.read_text())
     else:
         metrics = evaluate_run(run_dir, resolved.records_dir, split="test", n_boot=n_boot)
-    saved = json.loads((run_dir / CONFIG_FILE).read_text())
+    saved = json.loads(run.config.read_text())
     seconds, done = time.perf_counter() - started, PAST_TENSE[action]
     log(f"size {size}: {done} in {seconds:.0f} s; test AUC combined "
         f"{format_entry(metrics['metrics']['auc_combined'])}")
