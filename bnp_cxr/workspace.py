@@ -45,6 +45,11 @@ HEART_FAILURE_FINDINGS = ("cardiomegaly", "edema", "effusion")
 COMPONENT_BITS = {"lung_opacity": 1, "kerley_lines": 2, "heart": 4, "effusion": 8, "confounder": 16}
 
 
+def _member(name: str) -> property:
+    """A read-only path property: the run folder / name."""
+    return property(lambda self: self.path / name, doc=f"run folder / {name}")
+
+
 @dataclass(frozen=True)
 class RunDir:
     """The files of one training run's folder (written by training, read by evaluation and attribution)."""
@@ -67,29 +72,12 @@ class RunDir:
         """The default run folder of a size: work/runs/size{size}."""
         return cls(Path(runs_dir) / f"size{int(size)}")
 
-    @property
-    def model(self) -> Path:
-        return self.path / self.MODEL
-
-    @property
-    def config(self) -> Path:
-        return self.path / self.CONFIG
-
-    @property
-    def history(self) -> Path:
-        return self.path / self.HISTORY
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / self.METRICS
-
-    @property
-    def predictions(self) -> Path:
-        return self.path / self.PREDICTIONS
-
-    @property
-    def logs(self) -> Path:
-        return self.path / self.LOGS
+    model = _member(MODEL)
+    config = _member(CONFIG)
+    history = _member(HISTORY)
+    metrics = _member(METRICS)
+    predictions = _member(PREDICTIONS)
+    logs = _member(LOGS)
 
     def is_trained(self) -> bool:
         """Whether the folder holds a model and its config (a finished or interrupted run)."""

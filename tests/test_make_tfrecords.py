@@ -63,9 +63,12 @@ def test_cli_on_phantom_cohort_accounts_for_every_row(phantom, tmp_path):
         summary["shards"].values())
 
 
-def test_cli_reports_bad_arguments(tmp_path):
-    result = run_cli("--manifest", str(tmp_path / "none.csv"), "--sizes", "32", cwd=tmp_path)
+@pytest.mark.parametrize("manifest", [True, False])
+def test_cli_reports_bad_sizes_before_any_work(tmp_path, manifest):
+    args = ("--manifest", str(tmp_path / "none.csv")) if manifest else ("--cohort", str(tmp_path / "cohort"))
+    result = run_cli(*args, "--sizes", "32", cwd=tmp_path)
     assert result.returncode == 2 and "64..1024" in result.stderr
+    assert not (tmp_path / "cohort").exists()  # no phantom generated for a run that cannot go on
 
 
 @pytest.fixture

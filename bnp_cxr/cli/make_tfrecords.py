@@ -84,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             pipeline_options(beam_args(args.runner, extra))
         except (ValueError, ModuleNotFoundError) as error:
             parser.error(str(error))
+    try:  # bad sizes or settings fail before any cohort work
+        ingest = IngestConfig(sizes=parse_sizes(args.sizes), shard_size=args.shard_size, workers=args.workers,
+                              resume=args.resume, overwrite=args.overwrite, allow_lateral=args.allow_lateral,
+                              progress=not args.no_progress)
+    except (ValueError, argparse.ArgumentTypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     manifest_path, labs_path = args.manifest, args.labs
     if manifest_path is None:
         from bnp_cxr.phantom import generate_cohort
@@ -92,10 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         generate_cohort(args.cohort, workers=max(args.workers, 1), progress=not args.no_progress)
         manifest_path, labs_path = args.cohort / "manifest.csv", labs_path or args.cohort / "labs.csv"
     try:
-        sizes = parse_sizes(args.sizes)
-        ingest = IngestConfig(sizes=sizes, shard_size=args.shard_size, workers=args.workers, resume=args.resume,
-                              overwrite=args.overwrite, allow_lateral=args.allow_lateral,
-                              progress=not args.no_progress)
         manifest = load_manifest(manifest_path, labs_path, ManifestConfig(
             thresholds=PositivityThresholds(bnpp_pg_ml=args.bnpp_threshold, bnp_pg_ml=args.bnp_threshold),
             pairing_window_hours=args.window_hours, allow_lateral=args.allow_lateral,
