@@ -104,7 +104,8 @@ def run_ours(args, size: int, batch_size: int, precision: str) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         config = make_config({"records_dir": str(args.records), "size": size, "backbone": args.backbone,
                               "epochs": args.epochs, "batch_size": batch_size, "augment": args.augment,
-                              "mixed_precision": precision, "xla": args.xla, "run_dir": run_dir})
+                              "mixed_precision": precision, "xla": args.xla, "run_dir": run_dir,
+                              "standardize": args.standardize})
         train(config, callbacks=[clock], verbose=0, log=lambda _: None)
         steps = int(json.loads(RunDir(run_dir).config.read_text())["steps_per_epoch"])
     return clock.steady(steps * batch_size)
@@ -123,10 +124,12 @@ def run_bare(args, size: int, batch_size: int, precision: str) -> dict:
     drop = n_train >= batch_size  # the loop's rule: full batches when there are enough images
     steps = n_train // batch_size if drop else 1
     train_data = make_dataset(args.records, "train", size, batch_size=batch_size, training=True,
-                              augment=AugmentConfig() if args.augment else None, drop_remainder=drop).repeat()
+                              augment=AugmentConfig() if args.augment else None, drop_remainder=drop,
+                              standardize=args.standardize).repeat()
     # A known length, as the loop gives its val set: Keras then never probes past the end.
     val_batches = math.ceil(count_records(args.records, "val", size) / batch_size)
-    val_data = make_dataset(args.records, "val", size, batch_size=batch_size, deterministic=True).apply(
+    val_data = make_dataset(args.records, "val", size, batch_size=batch_size, deterministic=True,
+                            standardize=args.standardize).apply(
         tf.data.experimental.assert_cardinality(val_batches))
     keras.utils.set_random_seed(0)
     previous = keras.mixed_precision.global_policy()
@@ -159,6 +162,8 @@ def main() -> None:
     parser.add_argument("--mixed-precision", choices=("on", "off", "bfloat16", "both"), default="on" if gpus else "off",
                         help="on = mixed float16, both = a float32 and a float16 row per size")
     parser.add_argument("--xla", action="store_true", help="jit_compile both sides' steps with XLA")
+    parser.add_argument("--standardize", choices=("none", "clahe"), default="none",
+                        help="model-input standardisation on both sides (default: none)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                         help="augmentation on both sides (default: on, as tools/train.py)")
     parser.add_argument("--repeats", type=int, default=3, help="ours / bare pairs per size (default: 3)")

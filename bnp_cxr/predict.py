@@ -17,6 +17,7 @@ import numpy as np
 
 from bnp_cxr.data.labs import PositivityThresholds, combined_positivity
 from bnp_cxr.rejects import Reject
+from bnp_cxr.records.standardize import run_standardization, standardize_image
 from bnp_cxr.workspace import RunDir
 
 
@@ -32,15 +33,17 @@ class Prediction:
     overlay: str
 
 
-def model_input(path: str | os.PathLike, size: int, *, allow_lateral: bool = False) -> tuple[np.ndarray, tuple]:
-    """float32 [size, size, 1] in [0, 1] and its content box, prepared as the records are."""
+def model_input(path: str | os.PathLike, size: int, *, allow_lateral: bool = False,
+                standardize: str = "none") -> tuple[np.ndarray, tuple]:
+    """float32 [size, size, 1] in [0, 1] and its content box, prepared as the records are and standardised."""
     from bnp_cxr.data.imaging import read_radiograph
     from bnp_cxr.records.prepare import letterbox_geometry, model_image
 
     pixels = read_radiograph(path, allow_lateral=allow_lateral).pixels
     geometry = letterbox_geometry(*pixels.shape, size)
     image = model_image(pixels, geometry)
-    return (image.astype(np.float32) / 65535)[..., None], geometry.content_box
+    image = standardize_image((image.astype(np.float32) / 65535)[..., None], geometry.content_box, standardize)
+    return image, geometry.content_box
 
 
 def estimate(log10_bnp_bnpp: Sequence[float], thresholds: PositivityThresholds = PositivityThresholds()) -> dict:
@@ -62,7 +65,8 @@ def predict_images(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike
     from bnp_cxr.attribution.panels import overlay_image
     from bnp_cxr.data.privacy import pseudonymize, resolve_salt
 
-    size = int(read_run_config(run_dir)["size"])
+    run_config = read_run_config(run_dir)
+    size, standardize = int(run_config["size"]), run_standardization(run_config)
     model = load_run_model(RunDir(run_dir).model)
     gradients = ModelGradients(model, target)
     lungs = None
@@ -76,7 +80,8 @@ def predict_images(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike
     predictions, rejected = [], []
     for path in paths:
         try:
-            image, (top, left, bottom, right) = model_input(path, size, allow_lateral=allow_lateral)
+            image, (top, left, bottom, right) = model_input(path, size, allow_lateral=allow_lateral,
+                                                            standardize=standardize)
         except RadiographError as error:
             rejected.append(Reject(image_path=str(path), stage="image", reason=error.reason, column="image_path",
                                    detail=error.detail))

@@ -178,3 +178,48 @@ def test_format_table_lists_every_metric(evaluated):
     table = evaluation.format_table(evaluated)
     assert all(name in table for name in evaluated["metrics"])
     assert math.isfinite(evaluated["metrics"]["auc_combined"]["estimate"])
+
+
+@pytest.fixture(scope="module")
+def finding_records(tmp_path_factory):
+    """Test-split records with two finding columns: `edema` follows the bright fraction, `tb` is never given."""
+    rng = np.random.default_rng(5)
+
+    def entries():
+        for i, fraction in enumerate(np.linspace(0.12, 0.88, 24)):
+            edema = "" if i % 6 == 0 else str(int(fraction + rng.normal(0, 0.15) > 0.5))
+            yield (f"im{i}.png", banded_image(fraction, rng),
+                   f"P{i // 2},im{i}.png,2021-03-01,,{10 ** (1.5 + 3.5 * fraction):.1f},test,{edema},")
+        yield "train.png", banded_image(0.5, rng), "T0,train.png,2021-04-01,,500,train,0,"
+
+    out = tmp_path_factory.mktemp("finding_records")
+    png_records(tmp_path_factory.mktemp("finding_archive"), out,
+                "patient_id,image_path,study_datetime,bnp,bnpp,split,edema,tb", entries(), (SIZE,))
+    return out
+
+
+@pytest.mark.parametrize("standardize", ["none", "clahe"])
+def test_findings_travel_to_predictions_and_get_an_auc_each(finding_records, tmp_path, standardize):
+    from sklearn.metrics import roc_auc_score
+
+    run = write_run(tmp_path / "run", build_model(), SIZE, finding_records, standardize=standardize)
+    result = evaluation.evaluate_run(run, n_boot=1000, seed=0)
+    table = pd.read_csv(RunDir(run).predictions)
+    assert list(table.columns) == [*evaluation.PREDICTION_COLUMNS, "edema", "tb"]
+    assert set(table["tb"]) == {-1} and (table["edema"] == -1).sum() == 4
+    known = table["edema"] >= 0
+    edema = result["findings"]["edema"]
+    assert edema["estimate"] == pytest.approx(roc_auc_score(table["edema"][known], table["pred_log10_bnpp"][known]))
+    assert edema["n"] == known.sum() and edema["estimate"] > 0.8  # edema follows the bright fraction
+    assert result["findings"]["tb"]["estimate"] is None and result["findings"]["tb"]["n"] == 0
+    assert json.loads(RunDir(run).metrics.read_text())["findings"] == result["findings"]
+    assert "auc_pred_bnpp_vs_edema" in evaluation.format_table(result)
+    # The run's standardisation is applied: CLAHE moves the global mean the model reads.
+    plain = evaluation.predict_split(build_model(), finding_records, "test", SIZE)
+    same = np.allclose(plain["pred_log10_bnpp"], table["pred_log10_bnpp"], atol=1e-4)
+    assert same == (standardize == "none")
+
+
+def test_records_without_findings_give_the_fixed_columns_and_no_finding_metrics(evaluated, run_dir):
+    assert "findings" not in evaluated
+    assert list(pd.read_csv(RunDir(run_dir).predictions).columns) == list(evaluation.PREDICTION_COLUMNS)

@@ -170,7 +170,9 @@ def test_two_workers_train_once_and_the_chief_saves_the_run(records, tmp_path):
     # The sharded validation against the saved model on the 8 validated images in one process. Each worker
     # validated half of every batch and the metrics sum over both; Keras 3 keeps BatchNorm's moving
     # statistics per replica (not all-reduced) and the chief saved its own: close, not equal.
-    val = make_dataset(records, "val", 64, batch_size=4, deterministic=True).unbatch().take(8).batch(4)
+    standardize = json.loads((run_dir / "config.json").read_text())["standardize"]
+    val = make_dataset(records, "val", 64, batch_size=4, deterministic=True, standardize=standardize)
+    val = val.unbatch().take(8).batch(4)
     scores = model.evaluate(val, verbose=0, return_dict=True)
     for name in ("mae_log10_bnp", "mae_log10_bnpp"):
         assert history[0][f"val_{name}"] == pytest.approx(scores[name], rel=0.05), name

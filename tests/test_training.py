@@ -263,6 +263,7 @@ def test_run_folder_holds_model_config_history_and_logs(finished_run, records):
     assert saved["mixed_precision"] == ("on" if gpus_visible() else "off") and saved["seed"] == 0
     assert (saved["optimizer"], saved["weight_decay"], saved["compute"]["optimizer"]) == (
         "adam", 0.0, "LossScaleOptimizer" if gpus_visible() else "Adam")
+    assert saved["standardize"] == "clahe"  # the small_cnn recipe's input standardisation, resolved and saved
     assert set(saved["versions"]) >= {"tensorflow", "keras", "numpy", "bnp_cxr"}
     assert saved["data"] == data_fingerprint(records, 64) and saved["data"]["images"] == SPLIT_SIZES
     assert saved["steps_per_epoch"] == SPLIT_SIZES["train"] // 8
@@ -280,7 +281,7 @@ def test_run_folder_holds_model_config_history_and_logs(finished_run, records):
     assert model.predict(np.zeros((3, 64, 64, 1), "float32"), verbose=0).shape == (3, 2)
     assert isinstance(model.loss, MaskedL1)
     # model.keras is the best epoch, and each epoch's validation read the whole val split.
-    val = make_dataset(records, "val", 64, batch_size=8, deterministic=True)
+    val = make_dataset(records, "val", 64, batch_size=8, deterministic=True, standardize=saved["standardize"])
     scores = model.evaluate(val, verbose=0, return_dict=True)
     assert scores["loss"] == pytest.approx(finished_run.best_val_loss, rel=1e-4)
 
@@ -402,9 +403,10 @@ def test_cli_optimizer_options_build_adamw_and_are_recorded(records, tmp_path):
 
 def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_path):
     run_dir = tmp_path / "old"
-    train(tiny_config(records, run_dir, epochs=1, mixed_precision="off"), verbose=0, log=lambda _: None)
+    train(tiny_config(records, run_dir, epochs=1, mixed_precision="off", standardize="none"), verbose=0,
+          log=lambda _: None)
     saved = json.loads((run_dir / "config.json").read_text())
-    for name in ("optimizer", "weight_decay", "momentum"):
+    for name in ("optimizer", "weight_decay", "momentum", "standardize"):
         del saved[name]
     (run_dir / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="optimizer: 'adam' -> 'sgd'"):
@@ -415,4 +417,5 @@ def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_pat
     assert result.epochs_completed == 2 and [row["epoch"] for row in result.history] == [0, 1]
     resumed = json.loads((run_dir / "config.json").read_text())
     assert (resumed["optimizer"], resumed["weight_decay"], resumed["compute"]["optimizer"]) == ("adam", 0.0, "Adam")
+    assert resumed["standardize"] == "none"  # what a run saved before the option was trained with
     assert [session["resumed"] for session in resumed["sessions"]] == [False, True]

@@ -20,6 +20,7 @@ import pandas as pd
 from bnp_cxr.attribution.methods import METHODS, MethodConfig
 from bnp_cxr.attribution.sample import SampleImage, choose_sample, load_sample, record_image_ids, shard_slice
 from bnp_cxr.files import atomic_path, write_json
+from bnp_cxr.records.standardize import run_standardization
 from bnp_cxr.workspace import RECORDS_DIR, RunDir
 
 PER_IMAGE = "in_lung_per_image.csv"
@@ -57,12 +58,13 @@ class AttributionConfig:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """A trained run folder: its name, image size (px) and records folder."""
+    """A trained run folder: its name, image size (px), records folder and the input standardisation it expects."""
 
     path: Path
     name: str
     size: int
     records_dir: Path
+    standardize: str = "none"
 
 
 def find_runs(runs_root: str | os.PathLike) -> list[Path]:
@@ -79,7 +81,7 @@ def run_info(run_dir: str | os.PathLike, records_dir: str | os.PathLike | None =
 
     config = read_run_config(run_dir)
     records = Path(records_dir or config.get("records_dir") or RECORDS_DIR)
-    return RunInfo(Path(run_dir), Path(run_dir).name, int(config["size"]), records)
+    return RunInfo(Path(run_dir), Path(run_dir).name, int(config["size"]), records, run_standardization(config))
 
 
 def check_sizes(runs: Sequence[RunInfo]) -> list[RunInfo]:
@@ -166,7 +168,7 @@ def explain_run(info: RunInfo, image_ids: Sequence[str], out_dir: Path, config: 
 
     model = load_run_model(RunDir(info.path).model)
     gradients = ModelGradients(model, config.target, config.method.conv_layer)
-    images = load_sample(info.records_dir, config.split, info.size, image_ids)
+    images = load_sample(info.records_dir, config.split, info.size, image_ids, standardize=info.standardize)
     batch = np.stack([image.image for image in images])
     predictions = keras.ops.convert_to_numpy(model.predict(batch, verbose=0, batch_size=config.method.batch_size))
     masks, sources = lung_masks(images, lung_model)

@@ -67,13 +67,15 @@ def shard_slice(image_ids: Sequence[str], shard: tuple[int, int]) -> list[str]:
     return list(image_ids[index::count])
 
 
-def load_sample(records_dir: str | os.PathLike, split: str, size: int, image_ids: Sequence[str]) -> list[SampleImage]:
-    """The records of `image_ids` at `size`, in the order given; every ID must be found."""
+def load_sample(records_dir: str | os.PathLike, split: str, size: int, image_ids: Sequence[str], *,
+                standardize: str = "none") -> list[SampleImage]:
+    """The records of `image_ids` at `size` as the run's model sees them (standardised), in the order given."""
     from bnp_cxr.records.reader import make_dataset
 
     wanted = set(image_ids)
     found: dict[str, SampleImage] = {}
-    dataset = make_dataset(records_dir, split, size, batch_size=64, deterministic=True, with_metadata=True)
+    dataset = make_dataset(records_dir, split, size, batch_size=64, deterministic=True, with_metadata=True,
+                           standardize=standardize)
     for images, targets, meta in dataset.as_numpy_iterator():
         for i, raw_id in enumerate(meta["image_id"]):
             image_id = raw_id.decode()

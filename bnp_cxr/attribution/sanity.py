@@ -32,6 +32,7 @@ from skimage.metrics import structural_similarity
 
 from bnp_cxr.attribution.callbacks import ModelGradients
 from bnp_cxr.attribution.methods import METHODS, MethodConfig, attribution_maps, check_images
+from bnp_cxr.records.standardize import run_standardization
 from bnp_cxr.workspace import RECORDS_DIR, RunDir
 
 SANITY_COLUMNS = ("method", "step", "layer", "n_layers_randomized", "spearman", "spearman_std", "ssim", "ssim_std",
@@ -203,12 +204,14 @@ def plot_sanity(frame: pd.DataFrame, path: str | os.PathLike, title: str = "") -
     return path
 
 
-def first_images(records_dir: str | os.PathLike, split: str, size: int, n: int) -> tuple[np.ndarray, list[str]]:
+def first_images(records_dir: str | os.PathLike, split: str, size: int, n: int, standardize: str = "none"
+                 ) -> tuple[np.ndarray, list[str]]:
     """The first n images of a split in deterministic record order: (float32 [n, size, size, 1], image_ids)."""
     from bnp_cxr.records.reader import make_dataset
 
     images, ids = [], []
-    for batch, _, meta in make_dataset(records_dir, split, size, batch_size=n, deterministic=True, with_metadata=True):
+    for batch, _, meta in make_dataset(records_dir, split, size, batch_size=n, deterministic=True, with_metadata=True,
+                                       standardize=standardize):
         images.append(batch.numpy())
         ids += [value.decode() for value in meta["image_id"].numpy()]
         if len(ids) >= n:
@@ -233,7 +236,7 @@ def check_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, methods: S
     records = Path(records_dir or run_config.get("records_dir") or RECORDS_DIR)
     if not run.model.is_file():
         raise FileNotFoundError(f"{run.model} not found: train the run first (tools/train.py)")
-    images, ids = first_images(records, split, int(run_config["size"]), n_images)
+    images, ids = first_images(records, split, int(run_config["size"]), n_images, run_standardization(run_config))
     frame = cascading_randomization(load_run_model(run.model), images, methods, target=target, config=config,
                                     max_steps=max_steps, seed=seed)
     out = Path(out_dir) / run.path.name

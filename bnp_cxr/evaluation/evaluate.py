@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnp_cxr.evaluation import plots as figures
+from bnp_cxr.evaluation import plots
 from bnp_cxr.evaluation import metrics
 from bnp_cxr.data.labs import PositivityThresholds
+from bnp_cxr.records.standardize import run_standardization
 from bnp_cxr.workspace import RECORDS_DIR, RunDir
 
 PREDICTION_COLUMNS = ("image_id", "patient_id", "true_log10_bnp", "pred_log10_bnp", "true_log10_bnpp",
@@ -32,14 +33,20 @@ def load_run_model(path: str | os.PathLike):
     return load_model(path, compile=False)
 
 
-def predict_split(model, records_dir: str | os.PathLike, split: str, size: int, batch_size: int = 32) -> pd.DataFrame:
-    """Predict every record of a split: one row per image with true and predicted log10 BNP / BNPP."""
+def predict_split(model, records_dir: str | os.PathLike, split: str, size: int, batch_size: int = 32,
+                  standardize: str = "none") -> pd.DataFrame:
+    """Predict every record of a split: one row per image with true and predicted log10 BNP / BNPP.
+
+    Finding columns of the records (summary.json finding_columns) follow, 1 / 0 / -1 (not given).
+    """
     import keras
 
-    from bnp_cxr.records.reader import make_dataset
+    from bnp_cxr.records.reader import make_dataset, record_findings
 
-    dataset = make_dataset(records_dir, split, size, batch_size=batch_size, deterministic=True, with_metadata=True)
-    keys = ("image_id", "patient_id", "positive", "bnp_censored", "bnpp_censored")
+    findings = record_findings(records_dir)
+    dataset = make_dataset(records_dir, split, size, batch_size=batch_size, deterministic=True, with_metadata=True,
+                           standardize=standardize)
+    keys = ("image_id", "patient_id", "positive", "bnp_censored", "bnpp_censored", *(("findings",) if findings else ()))
     parts: dict[str, list[np.ndarray]] = {key: [] for key in (*keys, "true", "pred")}
     for images, targets, meta in dataset:
         prediction = np.asarray(keras.ops.convert_to_numpy(model(images, training=False)), dtype=np.float64)
@@ -60,7 +67,9 @@ def predict_split(model, records_dir: str | os.PathLike, split: str, size: int, 
         "true_log10_bnpp": true[:, 1], "pred_log10_bnpp": pred[:, 1],
         **{key: np.concatenate(parts[key]).astype(np.int64) for key in ("positive", "bnp_censored", "bnpp_censored")},
     })
-    return frame[list(PREDICTION_COLUMNS)]
+    columns = {name: np.concatenate(parts["findings"])[:, index].astype(np.int64)
+               for index, name in enumerate(findings)}
+    return pd.concat([frame[list(PREDICTION_COLUMNS)], pd.DataFrame(columns, index=frame.index)], axis=1)
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict:
@@ -93,13 +102,16 @@ def evaluate_run(run_dir: str | os.PathLike, records_dir: str | os.PathLike | No
     size = int(config["size"])
     records_dir = Path(records_dir or config.get("records_dir") or RECORDS_DIR)
     model = load_run_model(_model_path(run_dir))
-    table = predict_split(model, records_dir, split, size, batch_size)
+    table = predict_split(model, records_dir, split, size, batch_size, run_standardization(config))
     result = metrics.compute_metrics(table, n_boot=n_boot, seed=seed, thresholds=thresholds)
     result = {"run_dir": str(run_dir), "split": split, "size": size, "records_dir": str(records_dir), **result}
+    findings = [column for column in table.columns if column not in PREDICTION_COLUMNS]
+    if findings:  # the journal version's secondary analysis: predicted BNPP against radiological findings
+        result["findings"] = metrics.finding_aucs(table, findings, n_boot=n_boot, seed=seed)
     table.to_csv(RunDir(run_dir).predictions, index=False, float_format="%.6g")
     RunDir(run_dir).metrics.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    figures.roc_figure(table, result, run_dir / ROC_PLOT, thresholds)
-    figures.scatter_figure(table, result, run_dir / SCATTER_PLOT, thresholds)
+    plots.roc_figure(table, result, run_dir / ROC_PLOT, thresholds)
+    plots.scatter_figure(table, result, run_dir / SCATTER_PLOT, thresholds)
     return result
 
 
@@ -120,6 +132,9 @@ def format_table(result: dict) -> str:
     for name, entry in result["metrics"].items():
         lines.append(f"{name:32s} {_fmt(entry):>26s} {entry['n']:7d} {entry['n_patients']:9d} "
                      f"{entry['n_boot_skipped']:8d}")
+    for name, entry in result.get("findings", {}).items():
+        lines.append(f"{'auc_pred_bnpp_vs_' + name:32s} {_fmt(entry):>26s} {entry['n']:7d} {entry['n_patients']:9d} "
+                     f"{entry['n_boot_skipped']:8d}  ({entry['n_positive']} with {name})")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from bnp_cxr.records.augment import AugmentConfig, augment_batch
 from bnp_cxr.records.schema import UINT16_MAX, feature_spec, finding_key, shard_glob
+from bnp_cxr.records.standardize import check_standardization, standardize_image
 
 TARGET_KEYS = ("log10_bnp", "log10_bnpp")
 
@@ -40,15 +41,26 @@ def record_findings(records_dir: str | os.PathLike) -> tuple[str, ...]:
         return tuple(json.load(handle).get("finding_columns", ()))
 
 
-def _parse_record(serialized, size: int, with_metadata: bool, findings: tuple[str, ...] = ()):
+def standardized(image: tf.Tensor, content_box: tf.Tensor, method: str) -> tf.Tensor:
+    """One image [H, W, 1] standardised inside its content box (bnp_cxr.records.standardize), in tf.data."""
+    if method == "none":
+        return image
+    out = tf.numpy_function(lambda pixels, box: standardize_image(pixels, box, method), [image, content_box],
+                            tf.float32, stateful=False)
+    return tf.ensure_shape(out, image.shape)
+
+
+def _parse_record(serialized, size: int, with_metadata: bool, findings: tuple[str, ...] = (),
+                  standardize: str = "none"):
     """Parse one record, only the features asked for (the full spec costs ~30% at 1024 px)."""
     spec = feature_spec(findings)
     finding_keys = tuple(finding_key(name) for name in findings) if with_metadata else ()
-    wanted = ("image", *TARGET_KEYS, *((*METADATA_KEYS, *MASK_KEYS) if with_metadata else ()), *finding_keys)
+    metadata_keys = (*METADATA_KEYS, *MASK_KEYS) if with_metadata else ("content_box",) if standardize != "none" else ()
+    wanted = ("image", *TARGET_KEYS, *metadata_keys, *finding_keys)
     parsed = tf.io.parse_single_example(serialized, {key: spec[key] for key in wanted})
     # Static shapes let Keras build models and the augmentation know the size at trace time.
     image = tf.reshape(tf.io.decode_raw(parsed["image"], tf.uint16, little_endian=True), [size, size, 1])
-    image = tf.cast(image, tf.float32) / UINT16_MAX
+    image = standardized(tf.cast(image, tf.float32) / UINT16_MAX, parsed.get("content_box"), standardize)
     targets = tf.stack([parsed[key] for key in TARGET_KEYS])
     if not with_metadata:
         return image, targets
@@ -68,13 +80,16 @@ def _parse_record(serialized, size: int, with_metadata: bool, findings: tuple[st
 def make_dataset(records_dir: str | os.PathLike, split: str, size: int, *, batch_size: int = 32,
                  training: bool = False, augment: AugmentConfig | None = None, shuffle_buffer: int = 1024,
                  cache: bool | str = False, deterministic: bool = False, seed: int = 0,
-                 with_metadata: bool = False, drop_remainder: bool = False) -> tf.data.Dataset:
+                 with_metadata: bool = False, drop_remainder: bool = False, standardize: str = "none"
+                 ) -> tf.data.Dataset:
     """Batches of (image [B, size, size, 1] in [0, 1], targets [B, 2]) (+ metadata dict if asked).
 
     training=True shuffles files and elements (reshuffled every epoch); `augment` (an AugmentConfig)
     turns on the training augmentation. deterministic=True fixes the order for tests; with a seed,
-    shuffling and augmentation are reproducible.
+    shuffling and augmentation are reproducible. `standardize` ("none", "clahe") is applied to every image
+    before augmentation (bnp_cxr.records.standardize); the run's config says which one its model expects.
     """
+    check_standardization(standardize)
     files = list_shards(records_dir, split, size)
     autotune = tf.data.AUTOTUNE
     options = tf.data.Options()
@@ -89,7 +104,7 @@ def make_dataset(records_dir: str | os.PathLike, split: str, size: int, *, batch
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     findings = record_findings(records_dir) if with_metadata else ()
-    dataset = dataset.map(lambda record: _parse_record(record, size, with_metadata, findings),
+    dataset = dataset.map(lambda record: _parse_record(record, size, with_metadata, findings, standardize),
                           num_parallel_calls=autotune, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if augment is not None:

@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 
 from bnp_cxr.models import BACKBONES
-from bnp_cxr.training.config import MIXED_PRECISION, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+from bnp_cxr.records.standardize import STANDARDIZATIONS
+from bnp_cxr.training.config import CPU_STANDARDIZE, MIXED_PRECISION, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
 from bnp_cxr.workspace import RECORDS_DIR, RUNS_DIR
 
 
@@ -46,6 +47,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, per_run: bool = T
         options.add_argument("--resume", action="store_true", default=False,
                              help="continue the run in --run-dir from its last completed epoch")
     options.add_argument("--augment", action=argparse.BooleanOptionalAction, help="training augmentation (default: on)")
+    options.add_argument("--standardize", choices=STANDARDIZATIONS,
+                         help="per-image intensity standardisation of the model input inside the content box "
+                              f"(default: {CPU_STANDARDIZE} with the CPU backbone, none otherwise)")
     options.add_argument("--loss-weights", type=float, nargs=2, metavar=("BNP", "BNPP"),
                          help="weights of the two outputs in the L1 loss (default: 1 1)")
     options.add_argument("--dropout", type=float, help=f"dropout before the output layer (default: {d.dropout})")

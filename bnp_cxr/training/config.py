@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bnp_cxr.models import BACKBONES
+from bnp_cxr.records.standardize import STANDARDIZATIONS
 from bnp_cxr.workspace import RECORDS_DIR, RUNS_DIR, RunDir
 
 DEFAULT_RECORDS = str(RECORDS_DIR)
@@ -22,6 +23,8 @@ MIXED_PRECISION = ("auto", "on", "off", "bfloat16")
 # CPUs with AVX512_BF16 / AMX).
 POLICIES = {"on": "mixed_float16", "bfloat16": "mixed_bfloat16", "off": "float32"}
 CPU_BACKBONE, GPU_BACKBONE = "small_cnn", "resnet152"
+# The CPU recipe's input standardisation (bench/nih_recipe.py measures it on real radiographs).
+CPU_STANDARDIZE = "clahe"
 CONFIG_FILE = RunDir.CONFIG
 
 # Huynh et al. (MIDL 2022): ImageNet ResNet152, L1 on log10 labels, Adam, their patient split (here: the
@@ -33,7 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Options that define what a run learns: a resumed run must keep them (epochs may grow).
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
-                   "loss_weights", "dropout")
+                   "standardize", "loss_weights", "dropout")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class TrainConfig:
     run_dir: str | None = None  # None: work/runs/size{size}
     resume: bool = False
     augment: bool = True
+    standardize: str | None = None  # model-input standardisation (records.standardize); None: by backbone (resolve)
     loss_weights: tuple[float, float] = (1.0, 1.0)  # [BNP, BNPP]
     dropout: float = 0.2
     cache: bool = False  # keep the serialised records in memory after the first epoch
@@ -86,6 +90,8 @@ class TrainConfig:
             problems.append(f"loss_weights must be two non-negative numbers, not both 0, got {self.loss_weights}")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.standardize is not None and self.standardize not in STANDARDIZATIONS:
+            problems.append(f"standardize must be one of {STANDARDIZATIONS}, got {self.standardize!r}")
         if self.preset is not None and self.preset not in PRESETS:
             problems.append(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if problems:
@@ -123,6 +129,7 @@ class TrainConfig:
         kept = {key: value for key, value in values.items() if key in names}
         if "loss_weights" in kept:
             kept["loss_weights"] = tuple(kept["loss_weights"])
+        kept.setdefault("standardize", "none")  # runs saved before the option existed were trained without it
         return cls(**kept)
 
 
@@ -174,6 +181,11 @@ def resolve(config: TrainConfig, n_gpus: int) -> tuple[TrainConfig, list[str]]:
                          f"~30x slower on a CPU: hours per run); pass --backbone {GPU_BACKBONE} to override.")
     elif not n_gpus and config.backbone != CPU_BACKBONE:
         notes.append(f"{config.backbone} without a GPU: expect a slow run; {CPU_BACKBONE} is the CPU choice.")
+    if config.standardize is None:
+        cpu_recipe = changes.get("backbone", config.backbone) == CPU_BACKBONE
+        changes["standardize"] = CPU_STANDARDIZE if cpu_recipe else "none"
+        why = f"the {CPU_BACKBONE} recipe" if cpu_recipe else "as the paper"
+        notes.append(f"Input standardisation {changes['standardize']} ({why}; --standardize to choose).")
     if config.mixed_precision == "auto":
         changes["mixed_precision"] = "on" if n_gpus else "off"
         notes.append(f"Mixed precision {changes['mixed_precision']} ({'a' if n_gpus else 'no'} GPU visible).")

@@ -33,11 +33,11 @@ def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_worke
     drop = n_train >= config.batch_size
     train = make_dataset(config.records_dir, "train", config.size, batch_size=config.batch_size, training=True,
                          augment=AugmentConfig() if config.augment else None, shuffle_buffer=config.shuffle_buffer,
-                         cache=config.cache, seed=config.seed, drop_remainder=drop)
+                         cache=config.cache, seed=config.seed, drop_remainder=drop, standardize=config.standardize)
     val_batch, left_out = val_batching(n_val, config.batch_size, replicas)
     try:
         val = make_dataset(config.records_dir, "val", config.size, batch_size=val_batch, cache=config.cache,
-                           deterministic=True, drop_remainder=left_out > 0)
+                           deterministic=True, drop_remainder=left_out > 0, standardize=config.standardize)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{error}; training needs a val split to pick the best epoch") from None
     # A known length: Keras then reads the val set whole each epoch without probing past its end.
