@@ -176,9 +176,10 @@ def resolve(config: TrainConfig, n_gpus: int) -> tuple[TrainConfig, list[str]]:
                          "(the paper's backbone).")
         else:
             changes["backbone"] = CPU_BACKBONE
-            # Measured on 2 CPU cores at 256 px: small_cnn ~50 images/s in training, resnet152 ~1.6.
+            # `python bench/train.py --backbone NAME` measures the training images/s of each on this machine.
             notes.append(f"No --backbone given and no GPU visible: using {CPU_BACKBONE} ({GPU_BACKBONE} trains "
-                         f"~30x slower on a CPU: hours per run); pass --backbone {GPU_BACKBONE} to override.")
+                         f"one to two orders of magnitude slower on a CPU); pass --backbone {GPU_BACKBONE} to "
+                         "override.")
     elif not n_gpus and config.backbone != CPU_BACKBONE:
         notes.append(f"{config.backbone} without a GPU: expect a slow run; {CPU_BACKBONE} is the CPU choice.")
     if config.standardize is None:
