@@ -384,7 +384,8 @@ def test_cli_trains_with_default_backbone_and_refuses_to_clobber(records, tmp_pa
 
 
 def test_cli_optimizer_options_build_adamw_and_are_recorded(records, tmp_path):
-    from bnp_cxr.cli.train import build_parser, training_options
+    from bnp_cxr.cli.train import build_parser
+    from bnp_cxr.training.arguments import training_options
 
     args = build_parser().parse_args(["--optimizer", "adamw", "--weight-decay", "1e-4", "--records", str(records),
                                       "--run-dir", str(tmp_path / "run"), "--size", "64", "--backbone", "small_cnn",

@@ -92,6 +92,10 @@ class ImageRow:
     bnpp_hours_from_study: float = math.nan
     findings: tuple[tuple[str, int], ...] = ()  # (finding column, 1 / 0 / -1 = not given), manifest order
 
+    def __post_init__(self) -> None:
+        # Rows cross process and JSON boundaries (Beam stages them as JSON): pairs come back as lists.
+        object.__setattr__(self, "findings", tuple((str(name), int(value)) for name, value in self.findings))
+
     @property
     def log10_bnp(self) -> float:
         return labs_mod.safe_log10(self.bnp_pg_ml)
