@@ -13,7 +13,8 @@ from bnp_cxr.data.sources import SOURCES
 from bnp_cxr.data.sources.nih import FINDING_COLUMNS, MANIFEST_COLUMNS, write_nih_manifest
 
 NIH = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih"
-SUBSET_HEADER = "image,patient_id,view,age,sex,finding_labels,cardiomegaly,edema,effusion,consolidation,no_finding,source"
+SUBSET_HEADER = ("image,patient_id,view,age,sex,finding_labels,cardiomegaly,edema,effusion,consolidation,no_finding,"
+                 "source")
 RELEASE_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
                   "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
 # (image, patient, view, findings, heart-failure stand-in positive)

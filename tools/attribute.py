@@ -1,4 +1,4 @@
-"""`python tools/attribute.py`: a shim for the `bnp-cxr-attribute` command (bnp_cxr.cli.attribute); see its --help."""
+"""`python tools/attribute.py`: the `bnp-cxr-attribute` command (bnp_cxr.cli.attribute)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""`python tools/evaluate.py`: a shim for the `bnp-cxr-evaluate` command (bnp_cxr.cli.evaluate); see its --help."""
+"""`python tools/evaluate.py`: the `bnp-cxr-evaluate` command (bnp_cxr.cli.evaluate)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""`python tools/make_manifest.py`: a shim for `bnp-cxr-make-manifest` (bnp_cxr.cli.make_manifest); see its --help."""
+"""`python tools/make_manifest.py`: the `bnp-cxr-make-manifest` command (bnp_cxr.cli.make_manifest)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""`python tools/make_phantom.py`: a shim for the `bnp-cxr-make-phantom` command (bnp_cxr.cli.make_phantom); see its --help."""
+"""`python tools/make_phantom.py`: the `bnp-cxr-make-phantom` command (bnp_cxr.cli.make_phantom)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""`python tools/make_tfrecords.py`: a shim for the `bnp-cxr-make-tfrecords` command (bnp_cxr.cli.make_tfrecords); see its --help."""
+"""`python tools/make_tfrecords.py`: the `bnp-cxr-make-tfrecords` command (bnp_cxr.cli.make_tfrecords)."""
 
 import sys
 

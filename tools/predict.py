@@ -1,4 +1,4 @@
-"""`python tools/predict.py`: a shim for the `bnp-cxr-predict` command (bnp_cxr.cli.predict); see its --help."""
+"""`python tools/predict.py`: the `bnp-cxr-predict` command (bnp_cxr.cli.predict)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""`python tools/resolution_study.py`: a shim for the `bnp-cxr-resolution-study` command (bnp_cxr.cli.resolution_study); see its --help."""
+"""`python tools/resolution_study.py`: the `bnp-cxr-resolution-study` command (bnp_cxr.cli.resolution_study)."""
 
 import sys
 

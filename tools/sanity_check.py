@@ -1,4 +1,4 @@
-"""`python tools/sanity_check.py`: a shim for the `bnp-cxr-sanity-check` command (bnp_cxr.cli.sanity_check); see its --help."""
+"""`python tools/sanity_check.py`: the `bnp-cxr-sanity-check` command (bnp_cxr.cli.sanity_check)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""`python tools/train.py`: a shim for the `bnp-cxr-train` command (bnp_cxr.cli.train); see its --help."""
+"""`python tools/train.py`: the `bnp-cxr-train` command (bnp_cxr.cli.train)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""`python tools/train_lungs.py`: a shim for the `bnp-cxr-train-lungs` command (bnp_cxr.cli.train_lungs); see its --help."""
+"""`python tools/train_lungs.py`: the `bnp-cxr-train-lungs` command (bnp_cxr.cli.train_lungs)."""
 
 import sys
 
