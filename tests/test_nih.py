@@ -89,8 +89,8 @@ def test_bad_rows_are_rejected_with_a_reason_and_the_rest_go_on(tmp_path, line, 
     result = write_nih_manifest(root, tmp_path / "out")
     assert result.n_rows == len(GOOD) and result.n_rejected == 1
     [reject] = read_rows(result.rejects)
-    assert (reject["source"], reject["row"], reject["reason"], reject["column"]) == (
-        "labels.csv", str(len(GOOD) + 2), reason, column)
+    assert (reject["source"], reject["row"], reject["stage"], reject["reason"], reject["column"]) == (
+        "labels.csv", str(len(GOOD) + 2), "source", reason, column)
     assert reject["detail"]
 
 

@@ -121,7 +121,7 @@ def test_bad_index_rows_are_rejected_and_the_rest_go_on(dataset, tmp_path, line,
     assert result.n_rows == len(TB_LABELS) and result.n_rejected == 1
     [reject] = read_rows(result.rejects)
     assert (reject["row"], reject["reason"], reject["column"]) == (str(len(TB_LABELS) + 2), reason, column)
-    assert reject["source"] == "index.csv" and reject["detail"]
+    assert (reject["source"], reject["stage"]) == ("index.csv", "source") and reject["detail"]
 
 
 @pytest.mark.parametrize("header, lines, error, match", [

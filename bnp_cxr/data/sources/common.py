@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from bnp_cxr.files import atomic_path
+from bnp_cxr.rejects import Reject, rejects_csv
 from bnp_cxr.workspace import BNP_THRESHOLD_PG_ML, BNPP_THRESHOLD_PG_ML
 
 MANIFEST_NAME = "manifest.csv"
@@ -28,19 +29,7 @@ BASE_COLUMNS = ("patient_id", "image_path", "study_datetime", "bnp", "bnpp")
 # (BNPP 400, BNP 100), so 'positive' equals the label and each target is a clean two-level step.
 STAND_IN_PG_ML: Mapping[str, Mapping[int, float]] = {"bnpp": {1: 2000.0, 0: 100.0}, "bnp": {1: 500.0, 0: 30.0}}
 THRESHOLDS_PG_ML = {"bnpp": BNPP_THRESHOLD_PG_ML, "bnp": BNP_THRESHOLD_PG_ML}
-SOURCE_REJECT_FIELDS = ("source", "row", "image_path", "reason", "column", "detail")
-
-
-@dataclass(frozen=True)
-class SourceReject:
-    """One dataset row that did not become a manifest row, and why (written to the source's rejects.csv)."""
-
-    source: str  # the dataset's label file
-    row: int  # its CSV line number (header = 1)
-    image_path: str
-    reason: str  # short stable code: missing_image, unknown_finding, non_frontal_view, ...
-    column: str
-    detail: str
+SOURCE_STAGE = "source"  # the `stage` of a dataset row that did not become a manifest row
 
 
 @dataclass(frozen=True)
@@ -108,10 +97,18 @@ def write_csv(rows: Iterable[Mapping[str, object]], path: Path, columns: Sequenc
     return path
 
 
-def write_source(out_dir: str | os.PathLike, rows: list[dict[str, str]], rejects: list[SourceReject],
+def source_reject(label_file: str, row: int, image_path: str, reason: str, column: str, detail: str) -> Reject:
+    """The Reject of a dataset row that did not become a manifest row (stage "source")."""
+    return Reject(source=label_file, row=row, image_path=image_path, stage=SOURCE_STAGE, reason=reason,
+                  column=column, detail=detail)
+
+
+def write_source(out_dir: str | os.PathLike, rows: list[dict[str, str]], rejects: list[Reject],
                  columns: Sequence[str], findings: Sequence[str]) -> SourceManifest:
     """Write out_dir/manifest.csv (columns + finding columns) and out_dir/rejects.csv (always, maybe empty)."""
     out = Path(out_dir)
     manifest = write_csv(rows, out / MANIFEST_NAME, [*columns, *findings])
-    report = write_csv((asdict(reject) for reject in rejects), out / REJECTS_NAME, SOURCE_REJECT_FIELDS)
+    report = out / REJECTS_NAME
+    with atomic_path(report) as temp, open(temp, "w", newline="", encoding="utf-8") as handle:
+        handle.write(rejects_csv(rejects))
     return SourceManifest(manifest, report, len(rows), len(rejects), tuple(findings))

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bnp_cxr.data.sources.common import (BASE_COLUMNS, SourceManifest, SourceReject, link_dataset, read_header,
-                                         read_table, stand_in_labs, write_source)
+from bnp_cxr.data.sources.common import (BASE_COLUMNS, SourceManifest, link_dataset, read_header, read_table,
+                                         source_reject, stand_in_labs, write_source)
 from bnp_cxr.workspace import HEART_FAILURE_FINDINGS, LATERAL_VIEWS
 
 # Finding names as released -> manifest finding columns (bnp_cxr.workspace.FINDINGS).
@@ -108,7 +108,7 @@ def write_nih_manifest(dataset_dir: str | os.PathLike, out_dir: str | os.PathLik
         result = _row(row, keys, images, seen, link_name, with_bnp)
         seen.add(row[keys[0]])
         if isinstance(result, tuple):
-            rejects.append(SourceReject(label_file.name, line, row[keys[0]], *result))
+            rejects.append(source_reject(label_file.name, line, row[keys[0]], *result))
         else:
             rows.append(result)
     return write_source(out_dir, rows, rejects, MANIFEST_COLUMNS, FINDING_COLUMNS)

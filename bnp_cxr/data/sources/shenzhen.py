@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bnp_cxr.data.sources.common import (BASE_COLUMNS, STAND_IN_PG_ML, SourceManifest, SourceReject, link_dataset,
-                                         read_table, stand_in_labs, write_source)
+from bnp_cxr.data.sources.common import (BASE_COLUMNS, STAND_IN_PG_ML, SourceManifest, link_dataset, read_table,
+                                         source_reject, stand_in_labs, write_source)
 
 SHENZHEN_INDEX = "index.csv"
 SHENZHEN_INDEX_COLUMNS = ("id", "image", "mask", "tb")
@@ -59,7 +59,7 @@ def write_shenzhen_manifest(dataset_dir: str | os.PathLike, out_dir: str | os.Pa
         problem = _problem(row, seen, link)
         seen.add(row["id"])
         if problem:
-            rejects.append(SourceReject(SHENZHEN_INDEX, line, row["image"], *problem))
+            rejects.append(source_reject(SHENZHEN_INDEX, line, row["image"], *problem))
             continue
         rows.append({"patient_id": row["id"], "image_path": f"{link_name}/{row['image']}", "study_datetime": "",
                      **stand_in_labs(int(row["tb"]), with_bnp=with_bnp),
