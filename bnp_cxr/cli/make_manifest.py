@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = SOURCES[args.source](args.dataset, args.out, **options)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"make_manifest: {error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{result.manifest}: {result.n_rows} rows with finding columns {', '.join(result.findings)}; "
           f"{result.n_rejected} rejected ({result.rejects})")

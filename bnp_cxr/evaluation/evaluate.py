@@ -67,8 +67,8 @@ def predict_split(model, records_dir: str | os.PathLike, split: str, size: int, 
         "true_log10_bnpp": true[:, 1], "pred_log10_bnpp": pred[:, 1],
         **{key: np.concatenate(parts[key]).astype(np.int64) for key in ("positive", "bnp_censored", "bnpp_censored")},
     })
-    columns = {name: np.concatenate(parts["findings"])[:, index].astype(np.int64)
-               for index, name in enumerate(findings)}
+    found = np.concatenate(parts["findings"]).astype(np.int64) if findings else None
+    columns = {name: found[:, index] for index, name in enumerate(findings)}
     return pd.concat([frame[list(PREDICTION_COLUMNS)], pd.DataFrame(columns, index=frame.index)], axis=1)
 
 

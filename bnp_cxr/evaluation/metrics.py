@@ -283,16 +283,20 @@ def finding_aucs(table: Mapping, findings: Sequence[str], *, n_boot: int = 2000,
     """
     patients = np.asarray(table["patient_id"]).astype(str)
     scores = np.asarray(table["pred_log10_bnpp"], dtype=np.float64)
-    results = {}
+    known = {}  # finding -> (rows with a 0 / 1 label, the labels)
     for name in findings:
         values = np.asarray(table[name], dtype=np.float64)
         rows = np.isin(values, (0.0, 1.0)) & np.isfinite(scores)
-        labels, kept = values[rows].astype(np.int64), scores[rows]
+        known[name] = rows, values[rows].astype(np.int64)
+    boot: dict[str, list[np.ndarray]] = {name: [] for name in findings}
+    for weights in _weight_chunks(patients, n_boot, seed):  # one resampling shared by every finding
+        for name, (rows, labels) in known.items():
+            boot[name].append(weighted_auc(labels, scores[rows], weights[:, rows]))
+    results = {}
+    for name, (rows, labels) in known.items():
         two_classes = 0 < labels.sum() < labels.size
-        point = float(roc_auc_score(labels, kept)) if two_classes else math.nan
-        resampled = np.concatenate([_auc_from_counts(*_grouped_counts(labels, kept, weights[:, rows])[1:])
-                                    for weights in _weight_chunks(patients, n_boot, seed)])
-        results[name] = {**_estimate(point, resampled, rows, patients, ci_level).to_dict(),
+        point = float(roc_auc_score(labels, scores[rows])) if two_classes else math.nan
+        results[name] = {**_estimate(point, np.concatenate(boot[name]), rows, patients, ci_level).to_dict(),
                          "n_positive": int(labels.sum())}
     return results
 
