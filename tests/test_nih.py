@@ -1,6 +1,7 @@
 """The NIH ChestX-ray14 source (bnp_cxr.data.sources.nih): both layouts, stand-in labs, findings, rejects."""
 
 import csv
+import json
 from pathlib import Path
 
 import cv2
@@ -113,6 +114,7 @@ def test_cli_writes_the_manifest_and_reports_counts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{len(GOOD)} rows" in out and "1 rejected" in out
     assert {row["bnp"] for row in read_rows(tmp_path / "out" / "manifest.csv")} == {""}
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text())["labs"] == "stand-in"
     assert make_manifest.main(["nih", str(tmp_path / "absent"), "--out", str(tmp_path / "o2")]) == 2
     assert "not found" in capsys.readouterr().err
 

@@ -65,8 +65,9 @@ def test_manifest_maps_tb_to_stand_in_labs_through_a_link(dataset, tmp_path, wit
         assert row["bnp"] == (f"{SHENZHEN_STAND_IN_PG_ML['bnp'][tb]:g}" if with_bnp else "")
         assert row["image_path"].startswith("shenzhen/images/") and row["study_datetime"] == ""
         assert bool(row["lung_mask_path"]) == with_masks
-    # Nothing copied: the folder holds the manifest and a link to the dataset.
-    assert sorted(p.name for p in path.parent.iterdir()) == ["manifest.csv", "rejects.csv", "shenzhen"]
+    # Nothing copied: the folder holds the manifest, its reports and a link to the dataset.
+    assert sorted(p.name for p in path.parent.iterdir()) == ["dataset.json", "manifest.csv", "rejects.csv", "shenzhen"]
+    assert json.loads((path.parent / "dataset.json").read_text())["labs"] == "stand-in"
     assert (path.parent / "shenzhen").is_symlink() and (path.parent / "shenzhen").resolve() == dataset.resolve()
 
 

@@ -20,8 +20,12 @@ DEMO_SALT = "bnp-cxr-demo-salt-not-secret"
 _log = logging.getLogger(__name__)
 
 
-def resolve_salt(salt: str | None = None, *, warn_on_demo: bool = True) -> str:
-    """Return the pseudonymisation salt: explicit > $BNP_CXR_SALT > file at $BNP_CXR_SALT_FILE > demo salt."""
+class MissingSaltError(ValueError):
+    """Patient data without a site salt: the public demo salt would make its pseudonyms reversible."""
+
+
+def _user_salt(salt: str | None) -> str | None:
+    """The salt the user gave: explicit > $BNP_CXR_SALT > file at $BNP_CXR_SALT_FILE; None when none is set."""
     if salt:
         return salt
     if os.environ.get(SALT_ENV):
@@ -32,6 +36,14 @@ def resolve_salt(salt: str | None = None, *, warn_on_demo: bool = True) -> str:
         if not text:
             raise ValueError(f"{SALT_FILE_ENV}={salt_file}: the salt file is empty")
         return text
+    return None
+
+
+def resolve_salt(salt: str | None = None, *, warn_on_demo: bool = True) -> str:
+    """Return the pseudonymisation salt: explicit > $BNP_CXR_SALT > file at $BNP_CXR_SALT_FILE > demo salt."""
+    given = _user_salt(salt)
+    if given:
+        return given
     if warn_on_demo:
         _log.warning(
             "no salt given (%s / %s): using the public demo salt; pseudonymous IDs are then "
@@ -40,6 +52,17 @@ def resolve_salt(salt: str | None = None, *, warn_on_demo: bool = True) -> str:
             SALT_FILE_ENV,
         )
     return DEMO_SALT
+
+
+def site_salt(salt: str | None = None) -> str:
+    """The site's own salt for a user manifest (explicit, $BNP_CXR_SALT or $BNP_CXR_SALT_FILE); never the demo salt."""
+    given = _user_salt(salt)
+    if not given:
+        raise MissingSaltError(
+            f"no site salt: set {SALT_ENV} to a long random secret (export {SALT_ENV}='...') or {SALT_FILE_ENV} "
+            "to a file holding it, and keep it for every later run on this archive; the public demo salt is for "
+            "the built-in phantom only (pseudonymous IDs under it can be reversed by anyone)")
+    return given
 
 
 def pseudonymize(value: str, salt: str, *, kind: str = "patient", length: int = 16) -> str:

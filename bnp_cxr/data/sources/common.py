@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from bnp_cxr.files import atomic_path
+from bnp_cxr.files import atomic_path, write_json
 from bnp_cxr.rejects import Reject, rejects_csv
 from bnp_cxr.workspace import BNP_THRESHOLD_PG_ML, BNPP_THRESHOLD_PG_ML
 
 MANIFEST_NAME = "manifest.csv"
 REJECTS_NAME = "rejects.csv"
+DATASET_NAME = "dataset.json"  # beside the manifest: which source wrote it and whether its labs are measured
+LAB_KINDS = ("stand-in", "measured")
 BASE_COLUMNS = ("patient_id", "image_path", "study_datetime", "bnp", "bnpp")
 # Stand-in labs (pg/mL) per binary label, each >= 0.5 log10 above / below its positivity threshold
 # (BNPP 400, BNP 100), so 'positive' equals the label and each target is a clean two-level step.
@@ -103,12 +105,26 @@ def source_reject(label_file: str, row: int, image_path: str, reason: str, colum
                   column=column, detail=detail)
 
 
+@dataclass(frozen=True)
+class Dataset:
+    """What a source's manifest holds, for the run reports: the dataset and whether its labs are measured."""
+
+    name: str
+    labs: str  # one of LAB_KINDS
+    description: str  # one sentence for a reader of the report
+
+    def __post_init__(self) -> None:
+        if self.labs not in LAB_KINDS:
+            raise ValueError(f"labs must be one of {LAB_KINDS}, got {self.labs!r}")
+
+
 def write_source(out_dir: str | os.PathLike, rows: list[dict[str, str]], rejects: list[Reject],
-                 columns: Sequence[str], findings: Sequence[str]) -> SourceManifest:
-    """Write out_dir/manifest.csv (columns + finding columns) and out_dir/rejects.csv (always, maybe empty)."""
+                 columns: Sequence[str], findings: Sequence[str], dataset: Dataset) -> SourceManifest:
+    """Write out_dir/manifest.csv (columns + finding columns), rejects.csv (always, maybe empty) and dataset.json."""
     out = Path(out_dir)
     manifest = write_csv(rows, out / MANIFEST_NAME, [*columns, *findings])
     report = out / REJECTS_NAME
     with atomic_path(report) as temp, open(temp, "w", newline="", encoding="utf-8") as handle:
         handle.write(rejects_csv(rejects))
+    write_json(out / DATASET_NAME, asdict(dataset))
     return SourceManifest(manifest, report, len(rows), len(rejects), tuple(findings))

@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bnp_cxr.data.sources.common import (BASE_COLUMNS, SourceManifest, link_dataset, read_header, read_table,
-                                         source_reject, stand_in_labs, write_source)
+from bnp_cxr.data.sources.common import (BASE_COLUMNS, Dataset, SourceManifest, link_dataset, read_header,
+                                         read_table, source_reject, stand_in_labs, write_source)
 from bnp_cxr.workspace import HEART_FAILURE_FINDINGS, LATERAL_VIEWS
 
+DATASET = Dataset("NIH ChestX-ray14", "stand-in",
+                  "NIH ChestX-ray14 (tools/make_manifest.py nih): stand-in labs from its report-mined findings "
+                  "(cardiomegaly, edema or effusion -> BNPP 2000 / BNP 500 pg/mL, else 100 / 30), not measured BNP")
 # Finding names as released -> manifest finding columns (bnp_cxr.workspace.FINDINGS).
 NIH_FINDINGS = {"Atelectasis": "atelectasis", "Cardiomegaly": "cardiomegaly", "Consolidation": "consolidation",
                 "Edema": "edema", "Effusion": "effusion", "Emphysema": "emphysema", "Fibrosis": "fibrosis",
@@ -111,4 +114,4 @@ def write_nih_manifest(dataset_dir: str | os.PathLike, out_dir: str | os.PathLik
             rejects.append(source_reject(label_file.name, line, row[keys[0]], *result))
         else:
             rows.append(result)
-    return write_source(out_dir, rows, rejects, MANIFEST_COLUMNS, FINDING_COLUMNS)
+    return write_source(out_dir, rows, rejects, MANIFEST_COLUMNS, FINDING_COLUMNS, DATASET)

@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bnp_cxr.data.sources.common import (BASE_COLUMNS, STAND_IN_PG_ML, SourceManifest, link_dataset, read_table,
-                                         source_reject, stand_in_labs, write_source)
+from bnp_cxr.data.sources.common import (BASE_COLUMNS, STAND_IN_PG_ML, Dataset, SourceManifest, link_dataset,
+                                         read_table, source_reject, stand_in_labs, write_source)
 
+DATASET = Dataset("Shenzhen TB", "stand-in",
+                  "Shenzhen TB set (tools/make_manifest.py shenzhen): stand-in labs from its tuberculosis label "
+                  "(tb -> BNPP 2000 / BNP 500 pg/mL, else 100 / 30), not measured BNP")
 SHENZHEN_INDEX = "index.csv"
 SHENZHEN_INDEX_COLUMNS = ("id", "image", "mask", "tb")
 SHENZHEN_STAND_IN_PG_ML = STAND_IN_PG_ML
@@ -65,4 +68,4 @@ def write_shenzhen_manifest(dataset_dir: str | os.PathLike, out_dir: str | os.Pa
                      **stand_in_labs(int(row["tb"]), with_bnp=with_bnp),
                      "lung_mask_path": f"{link_name}/{row['mask']}" if with_masks and row["mask"] else "",
                      "tb": row["tb"]})
-    return write_source(out_dir, rows, rejects, MANIFEST_COLUMNS, FINDING_COLUMNS)
+    return write_source(out_dir, rows, rejects, MANIFEST_COLUMNS, FINDING_COLUMNS, DATASET)
