@@ -6,12 +6,13 @@ is float32 [H, W, 1] in [0, 1] (the model's input); a map is float32 [H, W] at t
 
 - vanilla: |d output / d pixel| (Simonyan et al. 2014), optionally SmoothGrad (Smilkov et al. 2017);
 - gradcam: saliency's GradCam (ReLU, divided by its max, upsampled), in [0, 1] (Selvaraju et al. 2017);
-- xrai: saliency's XRAI region-ranked attribution (Kapishnikov et al. 2019), via bnp_cxr.attribution.xrai.
+- xrai: saliency's XRAI region-ranked attribution (Kapishnikov et al. 2019), via bnp_cxr.attribution.xrai;
+- smoothgrad: vanilla with SmoothGrad on; ig, blur_ig, guided_ig, occlusion: bnp_cxr.attribution.library_methods.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import keras
 import numpy as np
@@ -20,7 +21,9 @@ import tensorflow as tf
 
 from bnp_cxr.attribution.callbacks import ModelGradients, output_index
 
-METHODS = ("vanilla", "gradcam", "xrai")
+METHODS = ("vanilla", "gradcam", "xrai")  # the default set of runs, in-lung tables and panels
+# Every saliency.core method that applies (the scorecard's set): SmoothGrad and bnp_cxr.attribution.library_methods.
+ALL_METHODS = METHODS + ("smoothgrad", "ig", "blur_ig", "guided_ig", "occlusion")
 XRAI_IMPLS = ("fast", "reference")
 
 
@@ -138,13 +141,17 @@ def attribution_maps(model: keras.Model, images: np.ndarray, method: str, *, tar
 
     `gradients` (a ModelGradients of this model and target) reuses compiled functions across calls.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if method not in ALL_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {ALL_METHODS}")
     output_index(target)  # ValueError for an unknown target before any work
     images = check_images(model, images)
     gradients = _gradients_for(model, target, config, gradients)
-    if method == "vanilla":
-        return _vanilla(images, gradients, config)
+    if method in ("vanilla", "smoothgrad"):
+        return _vanilla(images, gradients, replace(config, smoothgrad=config.smoothgrad or method == "smoothgrad"))
     if method == "gradcam":
         return _gradcam(images, gradients)
+    if method != "xrai":
+        from bnp_cxr.attribution.library_methods import library_maps
+
+        return library_maps(method, images, gradients, ig_steps=config.ig_steps, batch_size=config.batch_size)
     return _xrai(model, images, target, config, gradients)

@@ -103,6 +103,15 @@ def sample_ids(runs: Sequence[RunInfo], config: AttributionConfig) -> list[str]:
                          config.n_images, config.seed)
 
 
+def runs_and_sample(runs: Sequence[RunInfo], config: AttributionConfig) -> tuple[list[RunInfo], list[str]]:
+    """The runs ordered by size (check_sizes) and the sample's image IDs; ValueError when no image is in every run."""
+    runs = check_sizes(runs)
+    sampled = sample_ids(runs, config)
+    if not sampled:
+        raise ValueError(f"no {config.split} image is present in the records of every run")
+    return runs, sampled
+
+
 def map_path(out_dir: Path, info: RunInfo, image_id: str, method: str) -> Path:
     """Where one map is written: maps/{run}/{image_id}_{method}.npz (pseudonymous IDs only)."""
     return out_dir / "maps" / info.name / f"{image_id}_{method}.npz"
@@ -198,10 +207,7 @@ def attribute(runs: Sequence[RunInfo], out_dir: str | os.PathLike, config: Attri
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = check_sizes(runs)
-    sampled = sample_ids(runs, config)
-    if not sampled:
-        raise ValueError(f"no {config.split} image is present in the records of every run")
+    runs, sampled = runs_and_sample(runs, config)
     mine = shard_slice(sampled, config.shard)
     lung_model = None
     if config.lung_model:

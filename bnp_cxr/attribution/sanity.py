@@ -31,7 +31,7 @@ from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 
 from bnp_cxr.attribution.callbacks import ModelGradients
-from bnp_cxr.attribution.methods import METHODS, MethodConfig, attribution_maps, check_images
+from bnp_cxr.attribution.methods import ALL_METHODS, METHODS, MethodConfig, attribution_maps, check_images
 from bnp_cxr.records.standardize import run_standardization
 from bnp_cxr.workspace import RECORDS_DIR, RunDir
 
@@ -132,9 +132,9 @@ def _summary(method: str, step: int, layer: str, n_layers: int, reference: np.nd
 
 def _randomization(model: keras.Model, images: np.ndarray, methods: Sequence[str], target: str,
                    config: MethodConfig, max_steps: int | None, seed: int, cascading: bool) -> pd.DataFrame:
-    unknown = [method for method in methods if method not in METHODS]
+    unknown = [method for method in methods if method not in ALL_METHODS]
     if unknown or not methods or len(set(methods)) != len(methods):
-        raise ValueError(f"methods must be distinct names from {METHODS}, got {list(methods)}")
+        raise ValueError(f"methods must be distinct names from {ALL_METHODS}, got {list(methods)}")
     if max_steps is not None and max_steps < 0:
         raise ValueError(f"max_steps must be >= 0 or None, got {max_steps}")
     images = check_images(model, images)
