@@ -1,4 +1,4 @@
-"""Fixtures shared by several test modules: a seeded small CNN and the small phantom cohort."""
+"""Fixtures shared by several test modules: a seeded small CNN, the small phantom cohort and a site salt."""
 
 from pathlib import Path
 
@@ -25,3 +25,15 @@ def small_cohort(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("small_cohort")
     generate_cohort(out, CohortConfig.small(), workers=1, progress=False)
     return out
+
+
+TEST_SALT = "bnp-cxr-test-site-secret"
+
+
+@pytest.fixture(scope="module")
+def site_salt():
+    """BNP_CXR_SALT set for the module (tools run in subprocesses inherit it): a user manifest needs a site salt."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BNP_CXR_SALT", TEST_SALT)
+        patch.delenv("BNP_CXR_SALT_FILE", raising=False)
+        yield TEST_SALT

@@ -4,11 +4,13 @@
 carry PatientName in several character sets, PatientID / OtherPatientIDs (MRN-like) and AccessionNumber,
 a manifest whose patient_id column holds the MRNs, and a labs table keyed by MRN. `scan_tree` looks for
 every identifier, in many encodings, in every file's bytes (and inside gzip, zip, PNG text chunks, PDF
-streams and the text pypdf extracts from PDF pages) and in every file and folder name.
+streams, the text pypdf extracts from PDF pages and base64 data URIs of HTML reports) and in every file and
+folder name.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import json
@@ -207,6 +209,7 @@ def _png_texts(data: bytes) -> Iterator[bytes]:
             yield keyword + b"\0" + (zlib.decompress(text) if compressed else text)
 
 
+_DATA_URI = re.compile(rb"data:[\w/+.-]+;base64,([A-Za-z0-9+/=]+)")
 _PDF_STREAM = re.compile(rb"stream\r?\n(.*?)\r?\nendstream", re.S)
 _PDF_STRING = re.compile(rb"\(((?:[^()\\]|\\.)*)\)", re.S)
 _PDF_ESCAPE = re.compile(rb"\\([0-7]{1,3}|.)", re.S)
@@ -250,10 +253,16 @@ def expand(label: str, data: bytes, depth: int = 0) -> Iterator[tuple[str, bytes
 
         for number, page in enumerate(PdfReader(io.BytesIO(data)).pages):
             yield f"{label}!page{number}-text", page.extract_text().encode("utf-8")
+    # Embedded files of a self-contained HTML report (base64 data URIs): invisible to a byte search.
+    for number, match in enumerate(_DATA_URI.finditer(data)):
+        yield from expand(f"{label}!data-uri{number}", base64.b64decode(match[1]), depth + 1)
 
 
-def _trie_regex(patterns) -> re.Pattern:
-    """One regex for all patterns, as a trie: ~10x faster than a substring search per pattern on megabytes."""
+def _trie_regex(patterns, digit_bounded: bool = False) -> re.Pattern:
+    """One regex for all patterns, as a trie: ~10x faster than a substring search per pattern on megabytes.
+
+    digit_bounded: a match may not touch another ASCII digit, so a numeric ID is not found inside a longer number.
+    """
     trie: dict = {}
     for pattern in patterns:
         node = trie
@@ -269,12 +278,13 @@ def _trie_regex(patterns) -> re.Pattern:
         group = b"(?:" + b"|".join(branches) + b")"
         return group + b"?" if None in node else group  # a pattern may end here: every match is a whole pattern
 
-    return re.compile(emit(trie), re.S)
+    pattern = emit(trie)
+    return re.compile(rb"(?<![0-9])" + pattern + rb"(?![0-9])" if digit_bounded else pattern, re.S)
 
 
-def scan_tree(root: Path, patterns: dict[bytes, str]) -> list[str]:
+def scan_tree(root: Path, patterns: dict[bytes, str], *, digit_bounded: bool = False) -> list[str]:
     """Findings 'where: what' for every pattern in any file or folder name or file content under root."""
-    matcher = _trie_regex(patterns)
+    matcher = _trie_regex(patterns, digit_bounded)
 
     def found(label: str, data: bytes) -> list[str]:
         return [f"{label}: {patterns[match]}" for match in sorted({m[0] for m in matcher.finditer(data)})]
@@ -287,3 +297,12 @@ def scan_tree(root: Path, patterns: dict[bytes, str]) -> list[str]:
             for label, data in expand(relative, path.read_bytes()):
                 findings += found(label, data)
     return findings
+
+
+def identifier_patterns(identifiers, what: str = "identifier") -> dict[bytes, str]:
+    """Byte patterns (>= MIN_PATTERN_BYTES) of plain identifiers (dataset IDs, dates) in every encoding."""
+    patterns: dict[bytes, str] = {}
+    for identifier in identifiers:
+        for form in _encodings(identifier):
+            patterns.setdefault(form, f"{what} {identifier!r}")
+    return {form: label for form, label in patterns.items() if len(form) >= MIN_PATTERN_BYTES}

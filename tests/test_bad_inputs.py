@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARD_SIZE = 4
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _site_salt(site_salt):
+    """The CLI refuses a user manifest without a site salt; this process hashes with the same one."""
+    return site_salt
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return build_corpus(tmp_path_factory.mktemp("corpus"))

@@ -115,7 +115,7 @@ def test_real_dicoms_to_records(shared_dicom_manifest, tmp_path):
 
 
 @pytest.mark.parametrize("allow", [False, True])
-def test_cli_absolute_paths_need_allow_outside_root(allow, tmp_path):
+def test_cli_absolute_paths_need_allow_outside_root(allow, tmp_path, site_salt):
     """An archive outside the manifest's folder is refused row by row unless --allow-outside-root."""
     if not SHARED_DICOM.is_dir():
         pytest.skip(f"real radiographs not present at {SHARED_DICOM} (CI has them)")

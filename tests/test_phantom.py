@@ -194,6 +194,30 @@ def test_dicom_headers(cohort, truth):
             "Implicit VR Little Endian", "JPEG 2000 Image Compression"} <= syntaxes
 
 
+@pytest.mark.parametrize("config, expected", [
+    # Default cohort: 14 JPEG 2000 lossless and 2 lossy files exercise that codec, RLE carries the bulk.
+    (CohortConfig(), {"jpeg2000_lossless": 14, "jpeg2000_lossy": 2, "rle_lossless": 308, "explicit_vr_le": 22,
+                      "implicit_vr_le": 14}),
+    (CohortConfig.small(), {"jpeg2000_lossless": 1, "jpeg2000_lossy": 1, "rle_lossless": 19, "explicit_vr_le": 2,
+                            "implicit_vr_le": 1}),
+])
+def test_every_codec_is_exercised_and_the_slow_one_sparingly(config, expected):
+    syntaxes = [study.acquisition.transfer_syntax for study in plan_cohort(config).studies]
+    assert {name: syntaxes.count(name) for name in expected} == expected and len(syntaxes) == config.n_images
+
+
+@pytest.mark.parametrize("box", [(40, 90, 30, 70), (0, 20, 0, 120), (100, 128, 90, 128), None])
+def test_margin_around_the_lungs_equals_a_whole_image_dilation(box):
+    from bnp_cxr.phantom.devices import _disk_kernel, _near
+
+    mask = np.zeros((128, 128), bool)
+    if box is not None:
+        top, bottom, left, right = box
+        mask[top:bottom, left:right] = np.random.default_rng(0).random((bottom - top, right - left)) < 0.3
+    whole = cv2.dilate(mask.astype(np.uint8), _disk_kernel(9)) > 0
+    assert np.array_equal(_near(mask, 9), whole) and whole.sum() >= mask.sum()
+
+
 def test_decoded_lungs_darker_than_mediastinum_and_masks_fit(cohort, truth):
     for row in truth:
         if row["planted_defect"] == "truncated_dicom":

@@ -103,6 +103,16 @@ def _planted_zip(path: Path, text: str) -> None:
         archive.writestr("config.json", json.dumps({"note": text}))
 
 
+def _planted_html_figure(path: Path, text: str) -> None:
+    """A report page embedding a PNG whose text chunk holds the name, as report.html embeds its figures."""
+    import base64
+
+    _planted_png(path.with_suffix(".png"), text)
+    uri = base64.b64encode(path.with_suffix(".png").read_bytes()).decode("ascii")
+    path.with_suffix(".png").unlink()
+    path.write_text(f'<html><body><img src="data:image/png;base64,{uri}"></body></html>', encoding="utf-8")
+
+
 PLANTERS = {
     "utf-8 text": lambda path, text: path.write_text(f"patient {text}\n", encoding="utf-8"),
     "utf-16 text": lambda path, text: path.write_text(text, encoding="utf-16"),
@@ -111,6 +121,7 @@ PLANTERS = {
     "zip member": _planted_zip,
     "png text chunk": _planted_png,
     "pdf drawn text": _planted_pdf,
+    "html embedded figure": _planted_html_figure,
     "file name": lambda path, text: path.with_name(f"{text.replace('^', '_')}.txt").write_bytes(b""),
     "caret as space": lambda path, text: path.write_text(text.replace("^", " "), encoding="utf-8"),
 }
@@ -134,7 +145,8 @@ def test_no_identifier_in_any_output(archive, outputs):
     files = [path for path in outputs.rglob("*") if path.is_file()]
     kinds = {path.suffix for path in files} | {"tfevents" for path in files if "tfevents" in path.name}
     # Not vacuous: records, tables, JSON, model, figures, maps, TensorBoard events and logs were all written.
-    assert {".tfrecord", ".csv", ".json", ".keras", ".png", ".pdf", ".npz", ".log", "tfevents"} <= kinds, kinds
+    assert {".tfrecord", ".csv", ".json", ".keras", ".png", ".pdf", ".npz", ".log", "tfevents", ".md",
+            ".html"} <= kinds, kinds  # the run reports (report.md, report.html with embedded figures) too
     rejects = (outputs / "records" / "rejects.csv").read_text(encoding="utf-8").splitlines()
     assert len(rejects) > 1 and archive.missing_image in "\n".join(rejects)
     assert scan_tree(outputs, phi_patterns(archive.people)) == []
@@ -219,3 +231,67 @@ def test_pseudonymous_ids_follow_the_salt(archive, no_salt_env, first, second, s
         assert all(a[0] != b[0] and a[1] != b[1] for a, b in zip(ids_first, ids_second))
     mrns = {person.mrn for person in archive.people}
     assert not {key for pair in ids_first for key in pair} & mrns
+
+
+# ---------------------------------------------------------------- a user manifest needs the site salt
+
+@pytest.mark.parametrize("phantom, salt, expected", [
+    (True, None, None),  # the built-in phantom: the demo salt (unless one is set)
+    (False, "site-secret", "site-secret"),
+    (False, None, "refused"),
+])
+def test_only_the_phantom_may_go_without_a_site_salt(no_salt_env, tmp_path, phantom, salt, expected):
+    from bnp_cxr.cli.make_tfrecords import PHANTOM_MARKER, manifest_salt
+    from bnp_cxr.data.privacy import SALT_ENV, MissingSaltError
+
+    if phantom:
+        (tmp_path / PHANTOM_MARKER).write_text("{}")
+    if salt:
+        no_salt_env.setenv(SALT_ENV, salt)
+    if expected == "refused":
+        with pytest.raises(MissingSaltError, match=f"{SALT_ENV}.*BNP_CXR_SALT_FILE.*phantom only"):
+            manifest_salt(tmp_path / "manifest.csv")
+    else:
+        assert manifest_salt(tmp_path / "manifest.csv") == expected
+
+
+def test_make_tfrecords_refuses_a_user_manifest_without_a_site_salt(no_salt_env, archive, tmp_path, capsys):
+    from bnp_cxr.cli import make_tfrecords
+
+    code = make_tfrecords.main(["--manifest", str(archive.manifest), "--labs", str(archive.labs), "--out",
+                                str(tmp_path / "records"), "--sizes", "64", "--workers", "0", "--no-progress"])
+    assert code == 2 and "no site salt: set BNP_CXR_SALT" in capsys.readouterr().err
+    assert not (tmp_path / "records").exists()
+
+
+@pytest.mark.parametrize("source", ["env", "file", "explicit"])
+def test_site_salt_takes_the_users_salt(no_salt_env, tmp_path, source):
+    from bnp_cxr.data.privacy import SALT_ENV, SALT_FILE_ENV, site_salt
+
+    secret = f"secret-{source}"
+    if source == "env":
+        no_salt_env.setenv(SALT_ENV, secret)
+    elif source == "file":
+        (tmp_path / "salt").write_text(secret)
+        no_salt_env.setenv(SALT_FILE_ENV, str(tmp_path / "salt"))
+    assert site_salt(secret if source == "explicit" else None) == secret
+
+
+# ---------------------------------------------------------------- dataset identifiers (MIMIC IDs and dates)
+
+@pytest.mark.parametrize("text, found", [
+    ("subject 10000032 in a log", True),
+    ("path files/p10/p10000032/s50414267/x.jpg", True),
+    ('{"id": "10000032"}', True),
+    ("0.1000003271 is a float", False),  # a numeric ID inside a longer number is not a leak
+    ("210000032", False),
+    ("study on 2180-05-06", True),
+    ("dicom 02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", True),
+])
+def test_scanner_finds_dataset_identifiers_not_digits_inside_numbers(tmp_path, text, found):
+    from phi import identifier_patterns
+
+    (tmp_path / "file.txt").write_text(text, encoding="utf-8")
+    patterns = identifier_patterns(["10000032", "50414267", "2180-05-06",
+                                    "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014"])
+    assert bool(scan_tree(tmp_path, patterns, digit_bounded=True)) == found

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bnp_cxr.console import quiet_tensorflow
 from bnp_cxr.workspace import RECORDS_DIR, RUNS_DIR, SPLITS, RunDir
 
 
@@ -31,14 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
     args = build_parser().parse_args(argv)
     from bnp_cxr.evaluation.evaluate import evaluate_run, read_run_config, report_text
+    from bnp_cxr.evaluation.report import command_line, record_command
 
     run_dir = args.run_dir or RunDir.for_size(args.size).path
     try:
         config_size = int(read_run_config(run_dir)["size"])
         if config_size != args.size:  # the model's input size decides; say so rather than fail
             print(f"note: {run_dir} was trained at {config_size} px; evaluating at {config_size} px", file=sys.stderr)
+        record_command(run_dir, "evaluate", command_line("evaluate", argv))  # provenance in the run's report
         result = evaluate_run(run_dir, args.records, split=args.split, n_boot=args.n_boot, seed=args.seed,
                               batch_size=args.batch_size)
     except (FileNotFoundError, ValueError, KeyError) as error:

@@ -21,8 +21,11 @@ import os
 import sys
 from pathlib import Path
 
+from bnp_cxr.console import quiet_tensorflow
 from bnp_cxr.workspace import (BNP_THRESHOLD_PG_ML, BNPP_THRESHOLD_PG_ML, COHORT_DIR, DEFAULT_SIZES, RECORDS_DIR,
                                parse_sizes)
+
+PHANTOM_MARKER = "cohort.json"  # written last by bnp_cxr.phantom.generate_cohort
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,12 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def manifest_salt(manifest_path: Path) -> str | None:
+    """None for the phantom cohort (its cohort.json beside the manifest): the demo salt unless one is set. Any
+    other manifest needs the site salt (MissingSaltError, a ValueError, says how to set one)."""
+    from bnp_cxr.data.privacy import site_salt
+
+    return None if (Path(manifest_path).parent / PHANTOM_MARKER).is_file() else site_salt()
+
+
 def beam_args(runner: str, extra: list[str]) -> list[str]:
     """Beam pipeline flags for a --runner value other than 'local' plus the flags argparse did not know."""
     return [*extra, "--runner", "DirectRunner" if runner == "beam" else runner]
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.runner == "local":
@@ -102,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = load_manifest(manifest_path, labs_path, ManifestConfig(
             thresholds=PositivityThresholds(bnpp_pg_ml=args.bnpp_threshold, bnp_pg_ml=args.bnp_threshold),
             pairing_window_hours=args.window_hours, allow_lateral=args.allow_lateral,
-            allow_outside_root=args.allow_outside_root))
+            allow_outside_root=args.allow_outside_root, salt=manifest_salt(manifest_path)))
         if args.runner == "local":
             summary = write_records(manifest, args.out, ingest)
         else:
@@ -112,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, FileExistsError, FileNotFoundError, ValueError, argparse.ArgumentTypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    from bnp_cxr.evaluation.report import describe_source, write_source
+
+    write_source(args.out, describe_source(manifest_path, labs_path, manifest.finding_columns))  # for run reports
     print(format_summary(summary, args.out))
     return 0
 

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bnp_cxr.console import quiet_tensorflow
 from bnp_cxr.workspace import BNP_THRESHOLD_PG_ML, BNPP_THRESHOLD_PG_ML, PREDICTIONS_DIR, RunDir
 
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
     args = build_parser().parse_args(argv)
     from bnp_cxr.data.labs import PositivityThresholds
     from bnp_cxr.predict import format_predictions, predict_images

@@ -13,15 +13,13 @@ other settings is refused unless --retrain. Records must exist at every size (to
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
+from bnp_cxr.console import quiet_tensorflow
 from bnp_cxr.workspace import (ATTRIBUTION_DIR, COHORT_DIR, DEFAULT_SIZES, RECORDS_DIR, RUNS_DIR, STUDY_DIR, RunDir,
                                parse_sizes)
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +71,7 @@ def in_lung_columns(path: Path, runs_root: Path, sizes: list[int]) -> dict[int, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
     args = build_parser().parse_args(argv)
     from bnp_cxr.data.manifest import ManifestError
     from bnp_cxr.evaluation.study import (missing_records, records_command, run_study, shared_settings,

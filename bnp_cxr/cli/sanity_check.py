@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bnp_cxr.console import quiet_tensorflow
 from bnp_cxr.workspace import RUNS_DIR, SANITY_DIR, SPLITS, RunDir
 
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
     args = build_parser().parse_args(argv)
     if args.n < 1:
         print(f"error: --n must be >= 1, got {args.n}", file=sys.stderr)

@@ -15,11 +15,9 @@ Multi-worker: set TF_CONFIG and run the same command on every machine (docs/scal
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-# Before TensorFlow is imported: its C++ start-up chatter hides the progress bar.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from bnp_cxr.console import quiet_tensorflow
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
     args = build_parser().parse_args(argv)
     from bnp_cxr.models import WeightsDownloadError
     from bnp_cxr.training import make_config, train
@@ -50,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
     print(f"{result.epochs_completed} of {result.config.epochs} epochs done; best val loss {best}; "
           f"best model {result.model_path}")
+    from bnp_cxr.evaluation.report import command_line, record_command
+
+    record_command(result.run_dir, "train", command_line("train", argv))  # provenance in the run's report
     if args.evaluate and result.epochs_completed >= result.config.epochs:
         from bnp_cxr.evaluation.evaluate import evaluate_run, report_text
 

@@ -12,14 +12,11 @@ lung_mask_path column. With no arguments: the phantom cohort's work/cohort/manif
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from bnp_cxr.console import quiet_tensorflow
 from bnp_cxr.workspace import COHORT_DIR, LUNGS_DIR
-
-# Before TensorFlow is imported: its C++ start-up chatter hides the output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT_DATA = COHORT_DIR / "manifest.csv"
 
@@ -51,6 +48,7 @@ def data_name(data: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
     args = build_parser().parse_args(argv)
     if not args.data.exists():
         hint = (f"make the phantom cohort with `python tools/make_phantom.py` (writes {DEFAULT_DATA}), "

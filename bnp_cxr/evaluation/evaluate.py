@@ -17,6 +17,7 @@ import pandas as pd
 
 from bnp_cxr.evaluation import plots
 from bnp_cxr.evaluation import metrics
+from bnp_cxr.evaluation.report import REPORT_HTML, REPORT_MD, write_report
 from bnp_cxr.data.labs import PositivityThresholds
 from bnp_cxr.records.standardize import run_standardization
 from bnp_cxr.workspace import RECORDS_DIR, RunDir
@@ -112,6 +113,7 @@ def evaluate_run(run_dir: str | os.PathLike, records_dir: str | os.PathLike | No
     RunDir(run_dir).metrics.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     plots.roc_figure(table, result, run_dir / ROC_PLOT, thresholds)
     plots.scatter_figure(table, result, run_dir / SCATTER_PLOT, thresholds)
+    write_report(run_dir)  # report.md / report.html: the run as one document (bnp_cxr.evaluation.report)
     return result
 
 
@@ -141,4 +143,4 @@ def format_table(result: dict) -> str:
 def report_text(result: dict, run_dir: str | os.PathLike) -> str:
     """The metrics table plus where the evaluation's files went (what the CLIs print)."""
     return (f"{format_table(result)}\nwrote {RunDir.PREDICTIONS}, {RunDir.METRICS}, {ROC_PLOT}, {SCATTER_PLOT} "
-            f"to {run_dir}")
+            f"to {run_dir}\nreport: {Path(run_dir) / REPORT_HTML} (and {REPORT_MD})")

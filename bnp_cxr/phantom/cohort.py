@@ -77,7 +77,7 @@ def _run(tasks: list, workers: int, progress: bool) -> list[dict]:
     results = []
     if workers > 1:
         # Spawn, not fork: the caller may have imported TensorFlow, which is not fork-safe.
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_single_threaded) as pool:
             for row in pool.imap(_render_and_write, tasks, chunksize=1):
                 results.append(row)
                 bar and bar.update()
@@ -88,6 +88,11 @@ def _run(tasks: list, workers: int, progress: bool) -> list[dict]:
     if bar:
         bar.close()
     return results
+
+
+def _single_threaded() -> None:
+    """Worker initialiser: the workers already fill the cores, so OpenCV's own threads would only compete."""
+    cv2.setNumThreads(1)
 
 
 def _render_and_write(task: tuple[str, dict, Study]) -> dict:

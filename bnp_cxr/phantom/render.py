@@ -7,6 +7,7 @@ Density is in display convention: air 0, aerated lung ~0.2, soft tissue ~0.5, bo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -198,9 +199,16 @@ def _acquire(density: np.ndarray, rng: np.random.Generator, detector_id: int, co
     display = np.clip(density, 0.0, None) ** gamma
     noise = rng.standard_normal(display.shape, dtype=np.float32)
     display += config.quantum_noise * (0.4 + display) * noise
+    display += config.detector_texture * _detector_texture(detector_id, *display.shape)
+    return display.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _detector_texture(detector_id: int, height: int, width: int) -> np.ndarray:
+    """Fixed pattern of one detector (column gain + grain): the same in every image, so drawn once per process."""
     texture_rng = np.random.default_rng([detector_id, 0xDE7])
-    height, width = display.shape
     column_gain = _blur(texture_rng.standard_normal((1, width)).astype(np.float32), 1.5)
     grain = _blur(texture_rng.standard_normal((height, width)).astype(np.float32), 0.8)
-    display += config.detector_texture * (column_gain + 0.7 * grain)
-    return display.astype(np.float32)
+    texture = column_gain + 0.7 * grain
+    texture.flags.writeable = False  # shared between calls
+    return texture

@@ -3,7 +3,8 @@
 The writer decodes rows here (bnp_cxr.records.writer.write_records). Workers are spawned, not forked:
 TensorFlow is not fork-safe. A spawned worker imports each function it runs by module and name, so a
 function mapped here must be module-level, in a module that does not import TensorFlow; this module
-imports only the standard library.
+imports only the standard library and bnp_cxr.console, whose initialiser keeps TensorFlow's log level quiet in
+every worker (BNP_CXR_TF_LOGS=1 lifts it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator
+
+from bnp_cxr.console import quiet_environment
 
 
 def ordered_map(fn: Callable, items: Iterable, workers: int, max_in_flight: int | None = None,
@@ -30,7 +33,7 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, max_in_flight: int 
     context = multiprocessing.get_context("spawn")
     items = iter(items)
     pending: deque[tuple[object, Future | None]] = deque()  # None: not submitted because the pool had broken
-    pool = ProcessPoolExecutor(workers, mp_context=context)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=quiet_environment)
     try:
         while True:
             for item in items:
@@ -53,7 +56,7 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, max_in_flight: int 
                 pool.shutdown(wait=True, cancel_futures=True)
                 yield from _isolate(fn, list(pending), context, on_crash)
                 pending.clear()
-                pool = ProcessPoolExecutor(workers, mp_context=context)
+                pool = ProcessPoolExecutor(workers, mp_context=context, initializer=quiet_environment)
                 continue
             pending.popleft()
             yield result
@@ -69,7 +72,7 @@ def _isolate(fn: Callable, entries: list[tuple[object, Future | None]], context,
             if future is not None and future.done() and not future.cancelled() and future.exception() is None:
                 yield future.result()
                 continue
-            solo = solo or ProcessPoolExecutor(1, mp_context=context)
+            solo = solo or ProcessPoolExecutor(1, mp_context=context, initializer=quiet_environment)
             try:
                 result = solo.submit(fn, item).result()
             except BrokenProcessPool as error:
