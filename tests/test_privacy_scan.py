@@ -241,11 +241,12 @@ def test_pseudonymous_ids_follow_the_salt(archive, no_salt_env, first, second, s
     (False, None, "refused"),
 ])
 def test_only_the_phantom_may_go_without_a_site_salt(no_salt_env, tmp_path, phantom, salt, expected):
-    from bnp_cxr.cli.make_tfrecords import PHANTOM_MARKER, manifest_salt
+    from bnp_cxr.cli.make_tfrecords import manifest_salt
+    from bnp_cxr.phantom.cohort import COHORT_SUMMARY
     from bnp_cxr.data.privacy import SALT_ENV, MissingSaltError
 
     if phantom:
-        (tmp_path / PHANTOM_MARKER).write_text("{}")
+        (tmp_path / COHORT_SUMMARY).write_text("{}")
     if salt:
         no_salt_env.setenv(SALT_ENV, salt)
     if expected == "refused":

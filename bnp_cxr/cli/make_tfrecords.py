@@ -25,8 +25,6 @@ from bnp_cxr.console import quiet_tensorflow
 from bnp_cxr.workspace import (BNP_THRESHOLD_PG_ML, BNPP_THRESHOLD_PG_ML, COHORT_DIR, DEFAULT_SIZES, RECORDS_DIR,
                                parse_sizes)
 
-PHANTOM_MARKER = "cohort.json"  # written last by bnp_cxr.phantom.generate_cohort
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,8 +67,9 @@ def manifest_salt(manifest_path: Path) -> str | None:
     """None for the phantom cohort (its cohort.json beside the manifest): the demo salt unless one is set. Any
     other manifest needs the site salt (MissingSaltError, a ValueError, says how to set one)."""
     from bnp_cxr.data.privacy import site_salt
+    from bnp_cxr.phantom.cohort import COHORT_SUMMARY
 
-    return None if (Path(manifest_path).parent / PHANTOM_MARKER).is_file() else site_salt()
+    return None if (Path(manifest_path).parent / COHORT_SUMMARY).is_file() else site_salt()
 
 
 def beam_args(runner: str, extra: list[str]) -> list[str]:

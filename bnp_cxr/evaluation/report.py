@@ -72,11 +72,12 @@ def describe_source(manifest_path: str | os.PathLike, labs_path: str | os.PathLi
     tools/make_manifest.py by its dataset.json there, which says whether the labs are stand-ins or measured.
     """
     from bnp_cxr.data.sources.common import DATASET_NAME
+    from bnp_cxr.phantom.cohort import COHORT_SUMMARY
 
     folder = Path(manifest_path).parent
     names = f"manifest `{Path(manifest_path).name}`" + (f", labs table `{Path(labs_path).name}`" if labs_path else "")
     dataset = json.loads((folder / DATASET_NAME).read_text()) if (folder / DATASET_NAME).is_file() else None
-    if (folder / "cohort.json").is_file():
+    if (folder / COHORT_SUMMARY).is_file():
         kind, text = "phantom", ("The built-in synthetic phantom cohort (bnp_cxr.phantom; docs/phantom.md): generated "
                                  "DICOM radiographs with known truth and simulated labs, no patient data")
     elif dataset:

@@ -30,6 +30,7 @@ from bnp_cxr.phantom.render import render_study
 MANIFEST_COLUMNS = ("patient_id", "image_path", "study_datetime", "view", "lung_mask_path", "component_mask_path")
 LABS_COLUMNS = ("patient_id", "lab_datetime", "test", "value")
 COMPONENT_TRUTH = ("strength", "row", "col", "top", "left", "bottom", "right")
+COHORT_SUMMARY = "cohort.json"  # written last: its presence beside a manifest marks the phantom cohort
 TRUNCATE_FRACTION = 0.6  # of the file: cuts inside the pixel data of an uncompressed file
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 6]
 
@@ -43,7 +44,7 @@ def generate_cohort(out_dir: str | os.PathLike, config: CohortConfig | None = No
     """
     config = config or CohortConfig()
     out = Path(out_dir)
-    summary_path = out / "cohort.json"
+    summary_path = out / COHORT_SUMMARY
     if summary_path.is_file():
         existing = json.loads(summary_path.read_text(encoding="utf-8"))
         if existing.get("config") == config.to_dict():
