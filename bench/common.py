@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Benchmarks read public data only; their own salt keeps them clear of the public demo salt (phantom only).
+os.environ.setdefault("BNP_CXR_SALT", "bnp-cxr-benchmarks")
 
 
 def phantom_manifest(cohort_dir: Path, workers: int) -> tuple[Path, Path]:
@@ -21,8 +24,6 @@ def phantom_manifest(cohort_dir: Path, workers: int) -> tuple[Path, Path]:
 
 def machine() -> dict:
     """Where a result was measured."""
-    import os
-
     return {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()}
 
 

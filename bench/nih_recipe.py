@@ -7,16 +7,22 @@ fold k the test split is fold k, val is 1/8 of the other patients, train the res
 of TrainConfig options over the defaults) is trained from scratch on every fold asked for through the
 unchanged pipeline (write_records -> train -> evaluate_run) and scored by the test AUC of the combined
 label (= heart-failure signs) with a patient-bootstrap CI, plus predicted BNPP against each finding.
-Records and runs stay under work/ (never commit them: they derive from the images).
+Records and runs stay under work/ (never commit them: they derive from the images); a run that finished
+with the same options is reused (--fresh retrains it), so a benchmark can grow by recipes, seeds or folds.
 
     python bench/nih_recipe.py --size 128 --recipes before default            # 5-fold CV, mean +- sd
-    python bench/nih_recipe.py --size 128 --folds 0 --recipes before clahe default --name nih_ablation
+    python bench/nih_recipe.py --size 128 --folds 0 --seeds 0 1 2 --recipes before default no_augment \\
+        epochs40 adamw --name nih_ablation                                       # one split, 3 seeds each
+
+With several --seeds, every (recipe, fold) also gets an "ensemble" row: the mean of the seeds' predicted
+log10 BNP / BNPP per image, scored by the same metrics (an ensemble of the seeds' models).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import statistics
@@ -37,8 +43,13 @@ RECIPES: dict[str, dict] = {
     "before": {"backbone": "small_cnn", "standardize": "none"},  # the CPU default before the real-image work
     "clahe": {"backbone": "small_cnn", "standardize": "clahe"},
     "default": {},
+    # ablations of the default, one ingredient each
+    "no_augment": {"augment": False},
+    "epochs40": {"epochs": 40},
+    "adamw": {"optimizer": "adamw", "weight_decay": 1e-4},
 }
 FINDINGS = ("cardiomegaly", "edema", "effusion")
+BENCH_ROW = "bench_row.json"  # in a finished run folder: its options and result row, for reuse
 
 
 def fold_manifests(manifest: Path, n_folds: int, seed: int) -> list[Path]:
@@ -78,38 +89,84 @@ def fold_records(manifest: Path, out: Path, size: int, workers: int) -> Path:
     return out
 
 
-def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, args) -> dict:
-    """Train one recipe from scratch on a fold and evaluate it on the fold's test split; one result row."""
+def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, seed: int, args) -> dict:
+    """Train one recipe on a fold and evaluate it on the fold's test split; one result row.
+
+    A run that finished with the same options (its bench_row.json) is reused unless --fresh; any other
+    content of run_dir is deleted first, so a row always comes from one complete training.
+    """
     from bnp_cxr.evaluation.evaluate import evaluate_run
     from bnp_cxr.training import make_config, train
 
-    if run_dir.exists():  # a benchmark run always starts from scratch
-        shutil.rmtree(run_dir)
-    options = {"records_dir": str(records), "size": size, "seed": args.seed, "run_dir": str(run_dir),
+    options = {"records_dir": str(records), "size": size, "seed": seed, "run_dir": str(run_dir),
                **({"epochs": args.epochs} if args.epochs else {}), **RECIPES[name]}
+    saved = run_dir / BENCH_ROW
+    if saved.is_file() and not args.fresh:
+        document = json.loads(saved.read_text())
+        if document["options"] == options and document["n_boot"] == args.n_boot:
+            return {**document["row"], "recipe": name, "fold": fold}
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
     started = time.perf_counter()
     result = train(make_config(options), verbose=0, log=lambda _: None)
     train_min = (time.perf_counter() - started) / 60
     evaluation = evaluate_run(run_dir, records, split="test", n_boot=args.n_boot)
+    row = {"recipe": name, "fold": fold, "seed": seed, "size_px": size, "epochs": result.config.epochs,
+           "standardize": result.config.standardize, "train_min": round(train_min, 1), **score_row(evaluation)}
+    saved.write_text(json.dumps({"options": options, "n_boot": args.n_boot, "row": row}, indent=2) + "\n")
+    return row
+
+
+def score_row(evaluation: dict) -> dict:
+    """The result columns of one metrics.json dict: test AUC of the combined label with its CI, per finding."""
     auc = evaluation["metrics"]["auc_combined"]
-    row = {"recipe": name, "fold": fold, "size_px": size, "epochs": result.config.epochs,
-           "standardize": result.config.standardize, "train_min": round(train_min, 1),
-           "n_test": evaluation["n_images"], "auc": auc["estimate"], "auc_ci": [auc["ci_low"], auc["ci_high"]],
+    row = {"n_test": evaluation["n_images"], "auc": auc["estimate"], "auc_ci": [auc["ci_low"], auc["ci_high"]],
            "auc_text": f"{auc['estimate']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]"}
     for finding in FINDINGS:
         row[f"auc_{finding}"] = evaluation.get("findings", {}).get(finding, {}).get("estimate")
     return row
 
 
+def mean_predictions(prediction_files: list[Path]):
+    """The first predictions.csv with predicted log10 BNP / BNPP averaged over every file (the same test images)."""
+    import pandas as pd
+
+    tables = [pd.read_csv(path).set_index("image_id") for path in prediction_files]
+    table = tables[0].copy()
+    for column in ("pred_log10_bnp", "pred_log10_bnpp"):
+        table[column] = sum(other.loc[table.index, column] for other in tables) / len(tables)
+    return table.reset_index()
+
+
+def table_scores(table, n_boot: int) -> dict:
+    """score_row of a predictions table: the metrics and finding AUCs evaluate_run would report for it."""
+    from bnp_cxr.evaluation import metrics
+
+    evaluation = metrics.compute_metrics(table, n_boot=n_boot)
+    evaluation["findings"] = metrics.finding_aucs(table, [name for name in FINDINGS if name in table], n_boot=n_boot)
+    return score_row(evaluation)
+
+
+def ensemble_row(run_dirs: list[Path], n_boot: int) -> dict:
+    """Score the mean prediction of several runs (an ensemble of their models) on the same test images."""
+    from bnp_cxr.workspace import RunDir
+
+    return table_scores(mean_predictions([RunDir(run_dir).predictions for run_dir in run_dirs]), n_boot)
+
+
 def summarise(rows: list[dict]) -> dict:
-    """Per recipe: folds, mean and sd of the test AUC, and the training minutes per fold."""
+    """Per recipe: single models and seed ensembles, mean and sd of the test AUC, training minutes per model."""
     summary = {}
     for name in dict.fromkeys(row["recipe"] for row in rows):
-        aucs = [row["auc"] for row in rows if row["recipe"] == name]
-        minutes = [row["train_min"] for row in rows if row["recipe"] == name]
-        summary[name] = {"folds": len(aucs), "auc_mean": statistics.fmean(aucs),
+        single = [row for row in rows if row["recipe"] == name and row["seed"] != "ensemble"]
+        ensembles = [row["auc"] for row in rows if row["recipe"] == name and row["seed"] == "ensemble"]
+        aucs = [row["auc"] for row in single]
+        summary[name] = {"models": len(aucs), "auc_mean": statistics.fmean(aucs),
                          "auc_sd": statistics.stdev(aucs) if len(aucs) > 1 else None,
-                         "train_min_mean": statistics.fmean(minutes)}
+                         "train_min_mean": statistics.fmean(row["train_min"] for row in single)}
+        if ensembles:
+            summary[name].update({"ensembles": len(ensembles), "ensemble_auc_mean": statistics.fmean(ensembles),
+                                  "ensemble_auc_sd": statistics.stdev(ensembles) if len(ensembles) > 1 else None})
     return summary
 
 
@@ -121,8 +178,9 @@ def main() -> None:
     parser.add_argument("--folds", type=int, nargs="+", default=list(range(N_FOLDS)), help="which of the 5 folds")
     parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=["before", "default"])
     parser.add_argument("--epochs", type=int, help="override every recipe's epochs (default: the recipe's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one model per seed; several: + ensemble")
     parser.add_argument("--n-boot", type=int, default=2000)
+    parser.add_argument("--fresh", action="store_true", help="retrain runs that finished with the same options")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--name", default="nih_recipe", help="result file bench/results/NAME.json")
     args = parser.parse_args()
@@ -136,15 +194,22 @@ def main() -> None:
         records = fold_records(manifests[fold], args.work / f"records{args.size}" / f"fold{fold}", args.size,
                                args.workers)
         for name in args.recipes:
-            rows.append(run_recipe(name, records, args.work / "runs" / name / f"size{args.size}_fold{fold}",
-                                   args.size, fold, args))
-            print(f"{name} fold {fold}: AUC {rows[-1]['auc_text']} in {rows[-1]['train_min']} min", flush=True)
+            run_dirs = [args.work / "runs" / name / f"size{args.size}_fold{fold}_seed{seed}" for seed in args.seeds]
+            for seed, run_dir in zip(args.seeds, run_dirs):
+                rows.append(run_recipe(name, records, run_dir, args.size, fold, seed, args))
+                print(f"{name} fold {fold} seed {seed}: AUC {rows[-1]['auc_text']} in {rows[-1]['train_min']} min",
+                      flush=True)
+            if len(run_dirs) > 1:
+                rows.append({"recipe": name, "fold": fold, "seed": "ensemble", "size_px": args.size,
+                             **ensemble_row(run_dirs, args.n_boot)})
+                print(f"{name} fold {fold} ensemble of {len(run_dirs)}: AUC {rows[-1]['auc_text']}", flush=True)
     report(args.name, {"data": "NIH ChestX-ray14 subset (../shared/data/nih); stand-in labs: cardiomegaly, edema "
                                "or effusion -> BNPP 2000 / BNP 500 pg/mL, else 100 / 30; a pipeline check, not a "
                                "BNP model", "folds": f"{N_FOLDS}-fold StratifiedGroupKFold by patient, seed "
                                                      f"{FOLD_SEED}; val {VAL_FRACTION:g} of the other patients",
-                       "recipes": {name: RECIPES[name] for name in args.recipes}, "summary": summarise(rows)},
-           rows, ["recipe", "fold", "size_px", "epochs", "standardize", "train_min", "n_test", "auc_text",
+                       "recipes": {name: RECIPES[name] for name in args.recipes}, "seeds": args.seeds,
+                       "summary": summarise(rows), "load_average": os.getloadavg()},
+           rows, ["recipe", "fold", "seed", "size_px", "epochs", "standardize", "train_min", "n_test", "auc_text",
                   "auc_cardiomegaly", "auc_edema", "auc_effusion"])
 
 
