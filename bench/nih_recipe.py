@@ -92,18 +92,20 @@ def fold_records(manifest: Path, out: Path, size: int, workers: int) -> Path:
 def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, seed: int, args) -> dict:
     """Train one recipe on a fold and evaluate it on the fold's test split; one result row.
 
-    A run that finished with the same options (its bench_row.json) is reused unless --fresh; any other
-    content of run_dir is deleted first, so a row always comes from one complete training.
+    A run that finished with the same options on the same records (its bench_row.json) is reused unless
+    --fresh; any other content of run_dir is deleted first, so a row always comes from one complete training.
     """
     from bnp_cxr.evaluation.evaluate import evaluate_run
     from bnp_cxr.training import make_config, train
+    from bnp_cxr.training.loop import data_fingerprint
 
     options = {"records_dir": str(records), "size": size, "seed": seed, "run_dir": str(run_dir),
                **({"epochs": args.epochs} if args.epochs else {}), **RECIPES[name]}
+    key = {"options": options, "n_boot": args.n_boot, "records_sha256": data_fingerprint(records, size)["sha256"]}
     saved = run_dir / BENCH_ROW
     if saved.is_file() and not args.fresh:
         document = json.loads(saved.read_text())
-        if document["options"] == options and document["n_boot"] == args.n_boot:
+        if {field: document.get(field) for field in key} == key:
             return {**document["row"], "recipe": name, "fold": fold}
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -113,7 +115,7 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
     evaluation = evaluate_run(run_dir, records, split="test", n_boot=args.n_boot)
     row = {"recipe": name, "fold": fold, "seed": seed, "size_px": size, "epochs": result.config.epochs,
            "standardize": result.config.standardize, "train_min": round(train_min, 1), **score_row(evaluation)}
-    saved.write_text(json.dumps({"options": options, "n_boot": args.n_boot, "row": row}, indent=2) + "\n")
+    saved.write_text(json.dumps({**key, "row": row}, indent=2) + "\n")
     return row
 
 
