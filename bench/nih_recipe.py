@@ -121,9 +121,11 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
 
 def score_row(evaluation: dict) -> dict:
     """The result columns of one metrics.json dict: test AUC of the combined label with its CI, per finding."""
+    from bnp_cxr.evaluation.study import format_entry
+
     auc = evaluation["metrics"]["auc_combined"]
     row = {"n_test": evaluation["n_images"], "auc": auc["estimate"], "auc_ci": [auc["ci_low"], auc["ci_high"]],
-           "auc_text": f"{auc['estimate']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]"}
+           "auc_text": format_entry(auc)}
     for finding in FINDINGS:
         row[f"auc_{finding}"] = evaluation.get("findings", {}).get(finding, {}).get("estimate")
     return row

@@ -55,8 +55,13 @@ def dataset_manifest(dataset: str, data: Path, work: Path) -> Path:
 
 
 def lung_model(path: Path, size: int, epochs: int) -> Path:
-    """The lung U-Net at `path`, trained on the Shenzhen masks with tools/train_lungs.py when absent."""
-    if not path.is_file():
+    """The lung U-Net at `path`, trained on the Shenzhen masks with tools/train_lungs.py unless finished there.
+
+    Training checkpoints the model to `path` as it goes; only the sidecar, written at the end, marks it finished.
+    """
+    from bnp_cxr.lungs.train import sidecar_path
+
+    if not sidecar_path(path).is_file():
         subprocess.run([sys.executable, str(REPO / "tools" / "train_lungs.py"), "--data", str(SHENZHEN_DATA),
                         "--size", str(size), "--epochs", str(epochs), "--out", str(path), "--verbose", "0"],
                        check=True)
@@ -76,6 +81,8 @@ def train_minutes(work: Path, outcomes) -> dict[int, float]:
 
 def size_rows(outcomes, in_lung, minutes: dict[int, float]) -> list[dict]:
     """One row per size: test metrics and, per method, in-lung mass / top pixels with the chance level."""
+    from bnp_cxr.evaluation.study import format_entry
+
     rows = []
     for outcome in outcomes:
         row = {"size_px": outcome.size, "train_min": minutes.get(outcome.size), "n_test": outcome.metrics["n_images"],
@@ -83,7 +90,7 @@ def size_rows(outcomes, in_lung, minutes: dict[int, float]) -> list[dict]:
         for name in METRICS:
             entry = outcome.metrics["metrics"][name]
             row[name] = [entry["estimate"], entry["ci_low"], entry["ci_high"]]
-            row[f"{name}_text"] = f"{entry['estimate']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+            row[f"{name}_text"] = format_entry(entry)
         for _, line in in_lung[in_lung["size"] == outcome.size].iterrows():
             for name in IN_LUNG:
                 row[f"{line['method']}_{name}"] = [line[name], line[f"{name}_lo"], line[f"{name}_hi"]]

@@ -61,6 +61,7 @@ def run_rows(run_dir: Path, n_boot: int, seed: int) -> list[dict]:
     """One row per shift for one run: AUC [CI] of predicted log10 BNPP against the combined label."""
     from bnp_cxr.evaluation.evaluate import load_run_model, read_run_config
     from bnp_cxr.evaluation.metrics import finding_aucs
+    from bnp_cxr.evaluation.study import format_entry
     from bnp_cxr.records.standardize import run_standardization, standardize_image
     from bnp_cxr.workspace import RunDir
 
@@ -77,8 +78,7 @@ def run_rows(run_dir: Path, n_boot: int, seed: int) -> list[dict]:
         auc = finding_aucs({"patient_id": patients, "pred_log10_bnpp": predicted, "positive": labels},
                            ["positive"], n_boot=n_boot, seed=seed)["positive"]
         rows.append({"run": f"{run_dir.parent.name}/{run_dir.name}", "standardize": standardize, "shift": shift,
-                     "n_test": int(auc["n"]), "auc": auc["estimate"],
-                     "auc_text": f"{auc['estimate']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]"})
+                     "n_test": int(auc["n"]), "auc": auc["estimate"], "auc_text": format_entry(auc)})
     base = rows[0]["auc"]
     for row in rows:
         row["drop"] = round(base - row["auc"], 4)
