@@ -181,6 +181,31 @@ def attribution_panel(radiographs: Mapping[int, np.ndarray], maps: Mapping[tuple
     return save(figure, [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")])
 
 
+@dataclass(frozen=True)
+class SavedPanel:
+    """One panel to draw from saved maps: (method, size px, .npz path) per cell; a missing file is a blank cell."""
+
+    maps: tuple[tuple[str, int, str], ...]
+    out_stem: str
+    methods: tuple[str, ...]
+    xrai_top_fraction: float
+    title: str
+
+
+def draw_saved_panel(job: SavedPanel) -> list[Path]:
+    """attribution_panel of one image from its saved .npz maps (attribution, radiograph uint16, lung_mask)."""
+    radiographs, maps, masks = {}, {}, {}
+    for method, size, path in job.maps:
+        if not Path(path).is_file():
+            continue
+        with np.load(path) as saved:
+            maps[(method, size)] = saved["attribution"]
+            radiographs[size] = saved["radiograph"].astype(np.float32) / 65535
+            masks[size] = saved["lung_mask"] if saved["lung_mask"].size else None
+    return attribution_panel(radiographs, maps, masks, job.out_stem, methods=job.methods,
+                             xrai_top_fraction=job.xrai_top_fraction, title=job.title)
+
+
 def overlay_image(radiograph: np.ndarray, attribution: np.ndarray, path: str | Path, *,
                   lung_mask: np.ndarray | None = None, method: str = "vanilla", title: str = "",
                   xrai_top_fraction: float = 0.10, dpi: int = 200) -> Path:

@@ -280,26 +280,23 @@ def order_rows(table: pd.DataFrame, config: AttributionConfig) -> pd.DataFrame:
 
 
 def draw_panels(out: Path, table: pd.DataFrame, config: AttributionConfig) -> list[Path]:
-    """One panel per sampled image: sizes as columns, methods as rows, from the saved maps."""
-    from bnp_cxr.attribution.panels import attribution_panel
+    """One panel per sampled image: sizes as columns, methods as rows, from the saved maps.
 
-    paths: list[Path] = []
+    Panels are independent and matplotlib draws on one core, so they are drawn across the cores
+    (spawned processes, started once for all panels) when there are several.
+    """
+    from bnp_cxr.attribution.panels import SavedPanel, draw_saved_panel
+    from bnp_cxr.records.pool import ordered_map
+
     runs = table[["run", "size"]].drop_duplicates().sort_values("size")
-    for image_id in table["image_id"].drop_duplicates():
-        radiographs, maps, masks = {}, {}, {}
-        for run, size in runs.itertuples(index=False):
-            for method in config.methods:
-                path = out / "maps" / run / f"{image_id}_{method}.npz"
-                if not path.is_file():
-                    continue
-                with np.load(path) as saved:
-                    maps[(method, int(size))] = saved["attribution"]
-                    radiographs[int(size)] = saved["radiograph"].astype(np.float32) / 65535
-                    masks[int(size)] = saved["lung_mask"] if saved["lung_mask"].size else None
-        target = "log10 BNPP" if config.target == "bnpp" else "log10 BNP"
-        paths += attribution_panel(radiographs, maps, masks, out / "panels" / image_id, methods=config.methods,
-                                   xrai_top_fraction=config.top_fraction, title=f"{image_id}: {target}")
-    return paths
+    target = "log10 BNPP" if config.target == "bnpp" else "log10 BNP"
+    jobs = [SavedPanel(maps=tuple((method, int(size), str(out / "maps" / run / f"{image_id}_{method}.npz"))
+                                  for run, size in runs.itertuples(index=False) for method in config.methods),
+                       out_stem=str(out / "panels" / image_id), methods=tuple(config.methods),
+                       xrai_top_fraction=config.top_fraction, title=f"{image_id}: {target}")
+            for image_id in table["image_id"].drop_duplicates()]
+    workers = min(len(jobs), os.cpu_count() or 1) if len(jobs) > 2 else 0
+    return [path for paths in ordered_map(draw_saved_panel, jobs, workers) for path in paths]
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:

@@ -32,7 +32,7 @@ LABS_COLUMNS = ("patient_id", "lab_datetime", "test", "value")
 COMPONENT_TRUTH = ("strength", "row", "col", "top", "left", "bottom", "right")
 COHORT_SUMMARY = "cohort.json"  # written last: its presence beside a manifest marks the phantom cohort
 TRUNCATE_FRACTION = 0.6  # of the file: cuts inside the pixel data of an uncompressed file
-PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 6]
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast: the masks are small either way
 
 
 def generate_cohort(out_dir: str | os.PathLike, config: CohortConfig | None = None, *, workers: int = 1,
@@ -215,7 +215,8 @@ def _summary(out: Path, config: CohortConfig, plan: CohortPlan, truth_rows: list
         },
         "counts": {
             "patients": config.n_patients, "images": len(truth_rows), "manifest_rows": len(plan.manifest),
-            "lab_rows": len(plan.labs), "positive_true": int(model.combined_positive(log10_bnpp, log10_bnp, config).sum()),
+            "lab_rows": len(plan.labs),
+            "positive_true": int(model.combined_positive(log10_bnpp, log10_bnp, config).sum()),
             "view": count("view"), "modality": count("modality"), "photometric": count("photometric"),
             "bits_stored": count("bits_stored"), "transfer_syntax": count("transfer_syntax"),
             "confounder_present": count("confounder_present"),

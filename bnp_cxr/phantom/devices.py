@@ -33,7 +33,8 @@ def _near(mask: np.ndarray, radius_px: int) -> np.ndarray:
     return near
 
 
-def electrode_sites(rng: np.random.Generator, allowed: np.ndarray, count: int, min_gap_px: float) -> list[tuple[int, int]]:
+def electrode_sites(rng: np.random.Generator, allowed: np.ndarray, count: int,
+                    min_gap_px: float) -> list[tuple[int, int]]:
     """Pick up to `count` (row, col) sites from the allowed mask, at least `min_gap_px` apart."""
     rows, cols = np.nonzero(allowed)
     sites: list[tuple[int, int]] = []
@@ -92,7 +93,8 @@ def _draw_electrodes(layer: np.ndarray, items: list[dict], near_lung: np.ndarray
         end_row = -5 if goes_up else height + 5
         n_points = 12
         t = np.linspace(0.0, 1.0, n_points)
-        drift = rng.uniform(-0.12, 0.12) * width * t + rng.normal(0, 4.0 / pixel_mm) * np.sin(np.pi * t * rng.uniform(1, 3))
+        drift = (rng.uniform(-0.12, 0.12) * width * t
+                 + rng.normal(0, 4.0 / pixel_mm) * np.sin(np.pi * t * rng.uniform(1, 3)))
         lateral = np.sign(col - a.cx * width) or 1.0
         path_cols = col + lateral * np.abs(drift)
         path_rows = row + (end_row - row) * t

@@ -22,8 +22,9 @@ def val_batching(n_val: int, batch_size: int, replicas: int) -> tuple[int, int]:
     return batch, n_val % replicas
 
 
-def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_workers: int):
-    """(repeated train dataset, val dataset, train steps per epoch, val images left out each epoch)."""
+def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_workers: int, epochs: int):
+    """(train dataset repeated for `epochs` epochs, val dataset, train steps per epoch, val images left out each
+    epoch)."""
     import tensorflow as tf
 
     from bnp_cxr.records.reader import AugmentConfig, make_dataset
@@ -56,4 +57,6 @@ def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_worke
     steps = n_train // config.batch_size if drop else 1
     # Repeated with explicit steps: Keras then never probes past the end of an epoch of unknown length
     # (which costs an optimizer step count per epoch) and every worker runs the same number of steps.
-    return train.repeat(), val, steps, left_out
+    # Exactly the epochs to run, not forever: an endless iterator is deleted at the end of fit() with
+    # standardisation calls (Python, under the GIL) in flight, which stalled the process for ~30 s.
+    return train.repeat(epochs), val, steps, left_out

@@ -348,7 +348,7 @@ def train(config: TrainConfig, *, callbacks: Sequence = (), verbose: int | str =
         with _global_policy(dtype_policy(config)):
             out_dir.mkdir(parents=True, exist_ok=True)
             train_data, val_data, steps, left_out = make_datasets(config, start.fingerprint, cluster.replicas,
-                                                                  cluster.n_workers)
+                                                                  cluster.n_workers, config.epochs - start.done)
             if left_out and cluster.chief:
                 log(f"Validation leaves out the last {left_out} val image(s) each epoch: every one of the "
                     f"{cluster.replicas} replicas needs a non-empty batch (the test evaluation uses all).")
