@@ -14,7 +14,9 @@ from archives import heart_records, write_run
 
 from bnp_cxr.evaluation import report
 from bnp_cxr.evaluation.evaluate import evaluate_run
-from bnp_cxr.evaluation.report_attribution import add_attribution_to_reports
+from bnp_cxr.evaluation.report_attribution import (SCORECARD_AGREEMENT, SCORECARD_CSV, SCORECARD_PLOT,
+                                                   add_attribution_to_reports, add_sanity_to_report)
+from bnp_cxr.evaluation.report_study import add_study_to_reports
 from bnp_cxr.evaluation.report_render import calibration_bins
 from bnp_cxr.evaluation.report_sections import CLAIM_ITEMS
 from bnp_cxr.workspace import RunDir
@@ -191,6 +193,85 @@ def test_attribution_adds_its_section_and_heatmaps_of_the_worst_errors(run_copy,
     # Running it again replaces the section instead of adding a second one.
     add_attribution_to_reports([run_copy], out)
     assert (run_copy / report.REPORT_MD).read_text(encoding="utf-8").count("## Attribution") == 1
+
+
+def _scorecard_files(out):
+    """What tools/attribute.py --scorecard leaves: scorecard.csv (a not-applicable row too) and its agreement."""
+    rows = [{"method": method, "size": SIZE, "pointing_game": value, "pointing_game_lo": value - 0.1,
+             "pointing_game_hi": value + 0.1, "pointing_game_n": 4} for method, value in (("vanilla", 0.75),
+                                                                                       ("xrai", 0.5))]
+    rows.append({"method": "gradcam", "size": SIZE, "reason": "no spatial layer"})
+    rows.append({"method": "vanilla", "size": 2 * SIZE, "pointing_game": 0.11, "pointing_game_lo": 0.0,
+                 "pointing_game_hi": 0.2, "pointing_game_n": 4})  # another size: not this run's section
+    pd.DataFrame(rows).to_csv(out / SCORECARD_CSV, index=False)
+    pd.DataFrame([{"size": SIZE, "metric": "pointing_game", "spearman": 0.9, "n_methods": 3}]).to_csv(
+        out / SCORECARD_AGREEMENT, index=False)
+
+
+def test_later_outputs_appear_when_the_report_is_regenerated(run_copy, tmp_path):
+    from bnp_cxr.cli.report import main
+
+    out = tmp_path / "attribution"
+    out.mkdir()
+    _attribution_folder(out, run_copy, ["i1"])
+    add_attribution_to_reports([run_copy], out)
+    assert "## Attribution scorecard" not in (run_copy / report.REPORT_MD).read_text(encoding="utf-8")
+    _scorecard_files(out)  # written after attribute.py ran: the attribution section's files are read again
+    assert main([str(run_copy)]) == 0
+    markdown = (run_copy / report.REPORT_MD).read_text(encoding="utf-8")
+    assert "0.61" in markdown  # the in-lung table, rebuilt
+    add_attribution_to_reports([run_copy], out)  # a scorecard in the attribution folder gets its own section
+    markdown = (run_copy / report.REPORT_MD).read_text(encoding="utf-8")
+    section = markdown.split("## Attribution scorecard")[1].split("\n## ")[0]
+    assert "0.75 [0.65, 0.85]" in section and "0.50 [0.40, 0.60]" in section and "0.11" not in section
+    assert "gradcam: not applicable (no spatial layer)" in section and "0.900" in section
+
+
+def test_sanity_section_follows_its_folder(run_copy, tmp_path):
+    from bnp_cxr.cli.report import main
+
+    sanity = tmp_path / "sanity" / run_copy.name
+    sanity.mkdir(parents=True)
+    pd.DataFrame([{"method": "vanilla", "step": "head", "spearman": 0.123}]).to_csv(sanity / "sanity.csv", index=False)
+    written = add_sanity_to_report(run_copy, sanity, "python tools/sanity_check.py --n 2")
+    markdown = (run_copy / report.REPORT_MD).read_text(encoding="utf-8")
+    assert written == run_copy / report.REPORT_HTML and "## Model-randomisation sanity check" in markdown
+    assert "0.123" in markdown and "`python tools/sanity_check.py --n 2`" in markdown
+    assert add_sanity_to_report(tmp_path / "never_evaluated", sanity) is None
+    shutil.rmtree(sanity)  # moved away: the regenerated report says so instead of showing stale numbers
+    assert main([str(run_copy)]) == 0
+    markdown = (run_copy / report.REPORT_MD).read_text(encoding="utf-8")
+    assert "0.123" not in markdown and "rerun it to restore this section" in markdown
+
+
+def test_resolution_study_section_lists_every_size(run_copy, tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    pd.DataFrame([{"size": size, "n_images": 12, "n_patients": 10, "auc_combined": auc,
+                   "auc_combined_ci_low": auc - 0.1, "auc_combined_ci_high": auc + 0.05}
+                  for size, auc in ((128, 0.7), (64, 0.65))]).to_csv(study / "resolution.csv", index=False)
+    written = add_study_to_reports([run_copy, tmp_path / "never_evaluated"], study, "python tools/resolution_study.py")
+    assert written == [run_copy / report.REPORT_HTML]
+    markdown = (run_copy / report.REPORT_MD).read_text(encoding="utf-8")
+    section = markdown.split("## Resolution study")[1].split("\n## ")[0]
+    assert section.index("64 px") < section.index("128 px") and "0.650 [0.550, 0.700]" in section
+    covered = markdown.split("## CLAIM 2024 checklist")[1].split("For the authors")[0]
+    assert "Robustness or sensitivity analysis" in covered and "resolution study section" in covered
+
+
+def test_report_knows_the_scorecard_file_names():
+    from bnp_cxr.attribution import scorecard_run
+
+    assert (SCORECARD_CSV, SCORECARD_AGREEMENT, SCORECARD_PLOT) == (
+        scorecard_run.TABLE, scorecard_run.AGREEMENT, scorecard_run.FIGURE)
+
+
+def test_unknown_section_kind_is_a_clear_error(run_copy):
+    state = report.read_state(run_copy)
+    state.setdefault("sections", {})["mystery"] = {"source": {"kind": "mystery"}}
+    (run_copy / report.REPORT_STATE).write_text(json.dumps(state), encoding="utf-8")
+    with pytest.raises(ValueError, match="unknown report section kind 'mystery'"):
+        report.write_report(run_copy)
 
 
 @pytest.mark.parametrize("n, bins", [(100, 10), (7, 7), (0, 0)])

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
     args = build_parser().parse_args(argv)
     if args.scorecard:
-        return scorecard_main(args)
+        return scorecard_main(args, argv)
     if args.ig_steps == "auto":
         print("error: --ig-steps auto is chosen per run by the scorecard: use it with --scorecard", file=sys.stderr)
         return 2
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def scorecard_main(args: argparse.Namespace) -> int:
+def scorecard_main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """tools/attribute.py --scorecard: score the sample with every run and method."""
     from bnp_cxr.attribution.methods import ALL_METHODS, MethodConfig
     from bnp_cxr.attribution.run import AttributionConfig, find_runs, run_info
@@ -157,6 +157,11 @@ def scorecard_main(args: argparse.Namespace) -> int:
     for row in written["not_applicable"]:
         print(f"not applicable at {row['size']} px: {row['method']} ({row['reason']})")
     print(f"scorecard of {written['images']} image(s): {written['table']}, {written['figure']}")
+    from bnp_cxr.evaluation.report import command_line
+    from bnp_cxr.evaluation.report_attribution import add_scorecard_to_reports
+
+    for report in add_scorecard_to_reports([run.path for run in runs], args.out, command_line("attribute", argv)):
+        print(f"report: {report}")
     return 0
 
 

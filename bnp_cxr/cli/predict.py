@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=PREDICTIONS_DIR, help="overlay folder (default: %(default)s)")
     parser.add_argument("--method", choices=("vanilla", "gradcam", "xrai"), default="gradcam",
                         help="attribution drawn on the overlay (default: %(default)s)")
-    parser.add_argument("--target", choices=("bnpp", "bnp"), default="bnpp", help="output explained (default: %(default)s)")
+    parser.add_argument("--target", choices=("bnpp", "bnp"), default="bnpp",
+                        help="output explained (default: %(default)s)")
     parser.add_argument("--lung-model", type=Path, help="lung U-Net (tools/train_lungs.py): draw the lung contour")
     parser.add_argument("--bnpp-threshold", type=float, default=BNPP_THRESHOLD_PG_ML,
                         help="positive if BNPP > this pg/mL (default: %(default)s)")

@@ -113,10 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError, WeightsDownloadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    from bnp_cxr.evaluation.report import command_line
+    from bnp_cxr.evaluation.report_study import add_study_to_reports
+
+    reports = add_study_to_reports([outcome.run_dir for outcome in outcomes], args.out,
+                                   command_line("resolution_study", argv))
     print(paths["markdown"].read_text())
     done = ", ".join(f"{outcome.size} {outcome.action} ({outcome.seconds:.0f} s)" for outcome in outcomes)
     print(f"sizes: {done}; study took {time.perf_counter() - started:.0f} s")
     print(f"wrote {', '.join(str(path) for path in paths.values())}")
+    for report in reports:
+        print(f"report: {report}")
     return 0
 
 

@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     from bnp_cxr.attribution.methods import MethodConfig
     from bnp_cxr.attribution.run import find_runs
     from bnp_cxr.attribution.sanity import SANITY_CSV, SANITY_PLOT, check_run
+    from bnp_cxr.evaluation.report import command_line
+    from bnp_cxr.evaluation.report_attribution import add_sanity_to_report
 
     try:
         runs = args.runs or find_runs(args.runs_root)
@@ -78,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 40):
             print(f"{title}\n{frame.to_string(index=False, float_format=lambda value: f'{value:.3f}')}")
-        print(f"wrote {out / SANITY_CSV} and {out / SANITY_PLOT}\n")
+        print(f"wrote {out / SANITY_CSV} and {out / SANITY_PLOT}")
+        report = add_sanity_to_report(run, out, command_line("sanity_check", argv))
+        print(f"report: {report}\n" if report else "")
     return 0
 
 

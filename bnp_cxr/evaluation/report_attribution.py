@@ -1,4 +1,5 @@
-"""The attribution section of a run report, built from what tools/attribute.py and tools/sanity_check.py wrote.
+"""The attribution and sanity sections of a run report, built from what tools/attribute.py and
+tools/sanity_check.py wrote, again at every rewrite of the report.
 
 Reads files only (in_lung.csv, in_lung_per_image.csv, in_lung_trend.png, panels/, scorecard files, the sanity
 check's sanity.csv / sanity.png), so evaluation does not depend on the attribution stage's code.
@@ -13,22 +14,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnp_cxr.evaluation.report import add_section
+from bnp_cxr.evaluation.report import add_section, add_to_reports
 
 IN_LUNG, PER_IMAGE, TREND = "in_lung.csv", "in_lung_per_image.csv", "in_lung_trend.png"
 SANITY_CSV, SANITY_PLOT = "sanity.csv", "sanity.png"
+# bnp_cxr.attribution.scorecard_run's file names (a test keeps the two in step)
+SCORECARD_CSV, SCORECARD_AGREEMENT, SCORECARD_PLOT = "scorecard.csv", "scorecard_rank_agreement.csv", "scorecard.png"
 IN_LUNG_COLUMNS = ("mass_in_lung_fraction", "top_in_lung_fraction", "lung_area_fraction")
 CLAIM_COVERED = ["Methods for explainability and how they were validated"]
 
 
-def _value(row: pd.Series, name: str) -> str:
+def _value(row: pd.Series, name: str, digits: int = 3) -> str:
     value = row.get(name)
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     low, high = row.get(f"{name}_lo"), row.get(f"{name}_hi")
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return f"{value:.3f}"
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _in_lung_blocks(out: Path, run_name: str, size: int) -> list:
@@ -51,7 +54,7 @@ def _sanity_blocks(sanity_dir: Path) -> list:
     columns = list(frame.columns)[:8]
     rows = [[f"{value:.3f}" if isinstance(value, float) else value for value in row]
             for row in frame[columns].itertuples(index=False)]
-    blocks = [["h", 3, "Model-randomisation sanity check"],
+    blocks = [["h", 2, "Model-randomisation sanity check"],
               ["p", "Similarity of each method's maps before and after randomising the model's layers from the top "
                     "(Adebayo et al., 2018): maps that stay similar do not depend on what the model learned."],
               ["table", columns, rows]]
@@ -61,36 +64,111 @@ def _sanity_blocks(sanity_dir: Path) -> list:
     return blocks
 
 
-def _scorecard_blocks(out: Path) -> list:
-    """Any scorecard the attribution wrote (a Markdown or CSV file named scorecard*), shown as it is."""
-    blocks = []
-    for path in sorted(out.glob("scorecard*.csv")):
-        frame = pd.read_csv(path)
-        blocks += [["h", 3, f"Scorecard ({path.name})"],
-                   ["table", list(frame.columns), [list(map(str, row)) for row in frame.itertuples(index=False)]]]
+def _scorecard_blocks(out: Path, size: int) -> list:
+    """The scorecard at this run's size: metrics (rows) x methods (columns) with their CIs, the methods that
+    could not run and why, the agreement of each metric's ranking with the phantom's truth, and the figure."""
+    table = pd.read_csv(out / SCORECARD_CSV)
+    table = table[table["size"] == size] if "size" in table else table
+    blocks: list = [["h", 2, "Attribution scorecard"]]
+    scored = table[table["reason"].isna()] if "reason" in table else table
+    metrics = [column for column in scored if f"{column}_lo" in scored and f"{column}_hi" in scored
+               and not column.startswith("component_") and scored[column].notna().any()]
+    if scored.empty:
+        blocks.append(["p", f"No method was scored at {size} px in {out / SCORECARD_CSV}."])
+    else:
+        methods = list(scored["method"])
+        rows = [[name, *(_value(row, name, digits=2) for _, row in scored.iterrows())] for name in metrics]
+        blocks += [["p", f"{size} px, mean over the sample with patient-bootstrap 95 % CIs (docs/scorecard.md "
+                         f"defines each metric and which way is better); per-image values in {out}."],
+                   ["table", ["metric", *methods], rows]]
+    if "reason" in table and table["reason"].notna().any():
+        skipped = table[table["reason"].notna()]
+        blocks.append(["list", [f"{row['method']}: not applicable ({row['reason']})" for _, row in skipped.iterrows()]])
+    if (out / SCORECARD_AGREEMENT).is_file():
+        agreement = pd.read_csv(out / SCORECARD_AGREEMENT)
+        agreement = agreement[agreement["size"] == size] if "size" in agreement else agreement
+        if not agreement.empty:
+            blocks += [["p", "Spearman correlation of each metric's ranking of the methods with the truth ranking "
+                             "(the phantom's known signal components):"],
+                       ["table", ["metric", "spearman", "methods"],
+                        [[row["metric"], _value(row, "spearman"), int(row["n_methods"])]
+                         for _, row in agreement.iterrows()]]]
+    if (out / SCORECARD_PLOT).is_file():
+        blocks.append(["figure", str((out / SCORECARD_PLOT).resolve()), "Attribution scorecard"])
     return blocks
 
 
-def attribution_section(run_dir: Path, out: Path, sanity_dir: Path | None, command: str | None) -> dict:
-    """The section (blocks, CLAIM items, heatmap panel per image ID) for one explained run."""
+def attribution_section(run_dir: Path, out: Path, command: str | None) -> dict:
+    """The section (blocks, CLAIM items, heatmap panel per image ID) for one explained run, from out's files."""
     size, name = int(json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["size"]), run_dir.name
     blocks: list = [["h", 2, "Attribution"]]
     per_image = pd.read_csv(out / PER_IMAGE) if (out / PER_IMAGE).is_file() else pd.DataFrame()
     mine = per_image[per_image["run"] == name] if "run" in per_image else per_image
-    if not mine.empty:
+    if mine.empty:
+        blocks.append(["p", f"No attribution outputs for {name} in {out} (moved or deleted since "
+                            "tools/attribute.py ran): rerun it to restore this section."])
+    else:
         methods = ", ".join(dict.fromkeys(mine["method"]))
         blocks.append(["p", f"{mine['image_id'].nunique()} test images explained with {methods} "
                             f"(output: {mine['target'].iloc[0] if 'target' in mine else 'log10 BNPP'}); maps under "
                             f"{out / 'maps' / name}."])
     if (out / IN_LUNG).is_file():
         blocks += _in_lung_blocks(out, name, size)
-    blocks += _scorecard_blocks(out)
-    if sanity_dir is not None and (sanity_dir / SANITY_CSV).is_file():
-        blocks += _sanity_blocks(sanity_dir)
     panels = {path.stem: str(path.resolve()) for path in sorted((out / "panels").glob("*.png"))}
     if command:
         blocks.append(["p", f"Command: `{command}`"])
     return {"blocks": blocks, "claim": CLAIM_COVERED, "heatmaps": panels}
+
+
+def sanity_section(sanity_dir: Path, command: str | None) -> dict:
+    """The model-randomisation section from a sanity check's folder (sanity.csv, sanity.png)."""
+    if not (sanity_dir / SANITY_CSV).is_file():
+        blocks = [["h", 2, "Model-randomisation sanity check"],
+                  ["p", f"No {SANITY_CSV} in {sanity_dir} (moved or deleted since tools/sanity_check.py ran): "
+                        "rerun it to restore this section."]]
+    else:
+        blocks = _sanity_blocks(sanity_dir)
+    if command:
+        blocks.append(["p", f"Command: `{command}`"])
+    return {"blocks": blocks, "claim": CLAIM_COVERED}
+
+
+def scorecard_section(run_dir: Path, out: Path, command: str | None) -> dict:
+    """The scorecard section of one run, from out's scorecard.csv (and its agreement table and figure)."""
+    if (out / SCORECARD_CSV).is_file():
+        size = int(json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["size"])
+        blocks = _scorecard_blocks(out, size)
+    else:
+        blocks = [["h", 2, "Attribution scorecard"],
+                  ["p", f"No {SCORECARD_CSV} in {out} (moved or deleted since tools/attribute.py --scorecard ran): "
+                        "rerun it to restore this section."]]
+    if command:
+        blocks.append(["p", f"Command: `{command}`"])
+    return {"blocks": blocks, "claim": CLAIM_COVERED}
+
+
+def build_section(run_dir: Path, source: dict) -> dict:
+    """A report section rebuilt from the files its source names (bnp_cxr.evaluation.report.SECTION_BUILDERS)."""
+    if source["kind"] == "attribution":
+        return attribution_section(run_dir, Path(source["out"]), source.get("command"))
+    if source["kind"] == "scorecard":
+        return scorecard_section(run_dir, Path(source["out"]), source.get("command"))
+    return sanity_section(Path(source["dir"]), source.get("command"))
+
+
+def add_scorecard_to_reports(run_dirs: list[str | os.PathLike], out: str | os.PathLike,
+                             command: str | None = None) -> list[Path]:
+    """Add (or replace) the scorecard section of every evaluated run's report; the HTML reports written."""
+    return add_to_reports(run_dirs, "scorecard", {"kind": "scorecard", "out": str(Path(out).resolve())}, command)
+
+
+def add_sanity_to_report(run_dir: str | os.PathLike, sanity_dir: str | os.PathLike,
+                         command: str | None = None) -> Path | None:
+    """Add (or replace) the sanity section of an evaluated run's report; None when it has no report yet."""
+    if not (Path(run_dir) / "metrics.json").is_file():
+        return None
+    source = {"kind": "sanity", "dir": str(Path(sanity_dir).resolve()), "command": command}
+    return add_section(run_dir, "sanity", {"source": source}, command)[1]
 
 
 def add_attribution_to_reports(run_dirs: list[str | os.PathLike], out: str | os.PathLike,
@@ -98,13 +176,20 @@ def add_attribution_to_reports(run_dirs: list[str | os.PathLike], out: str | os.
                                command: str | None = None) -> list[Path]:
     """Add (or replace) the attribution section of every evaluated run's report; returns the HTML reports written.
 
-    Runs without metrics.json (not evaluated) are skipped: their report does not exist yet.
+    The section is rebuilt from `out` whenever the report is rewritten. A sanity check already in
+    sanity_root/<run name> gets its section too. Runs without metrics.json (not evaluated) are skipped:
+    their report does not exist yet.
     """
     written = []
     for run_dir in map(Path, run_dirs):
         if not (run_dir / "metrics.json").is_file():
             continue
+        source = {"kind": "attribution", "out": str(Path(out).resolve()), "command": command}
+        report = add_section(run_dir, "attribution", {"source": source}, command)[1]
+        if (Path(out) / SCORECARD_CSV).is_file():
+            add_scorecard_to_reports([run_dir], out)
         sanity_dir = Path(sanity_root) / run_dir.name if sanity_root else None
-        section = attribution_section(run_dir, Path(out), sanity_dir, command)
-        written.append(add_section(run_dir, "attribution", section, command)[1])
+        if sanity_dir is not None and (sanity_dir / SANITY_CSV).is_file():
+            add_sanity_to_report(run_dir, sanity_dir)
+        written.append(report)
     return written

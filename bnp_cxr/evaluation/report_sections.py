@@ -250,9 +250,11 @@ def provenance_section(facts) -> list:
     return [["h", 2, "Provenance"], ["list", items], ["table", ["package", "version"], _versions()]]
 
 
-def claim_section(facts, covered_by_sections: list[str]) -> list:
-    extra = set(covered_by_sections)
-    covered = [[item, where or "attribution section"] for item, where in CLAIM_ITEMS.items() if where or item in extra]
+def claim_section(facts, covered_by_sections: dict[str, str]) -> list:
+    """The checklist: items covered here (by this module's sections or, per item, the later stage's section
+    title in covered_by_sections) and those left for the authors."""
+    extra = covered_by_sections
+    covered = [[item, where or extra[item]] for item, where in CLAIM_ITEMS.items() if where or item in extra]
     authors = [item for item, where in CLAIM_ITEMS.items() if not where and item not in extra]
     return [["h", 2, "CLAIM 2024 checklist"],
             ["p", "Items of the Checklist for Artificial Intelligence in Medical Imaging (2024 update), by topic, "
