@@ -72,3 +72,18 @@ def test_an_error_stays_visible_and_chatter_does_not(tmp_path):
 def test_tf_logs_env_shows_the_chatter_again(tmp_path):
     result = run_tool("evaluate", "--run-dir", str(tmp_path / "missing"), cwd=tmp_path, logs=True)
     assert result.returncode == 2 and chatter_in(result)  # positive control: the patterns match real output
+
+
+@pytest.mark.parametrize("tool", ["make_tfrecords", "evaluate", "predict", "train_lungs", "report", "make_manifest"])
+def test_help_and_usage_errors_do_not_load_tensorflow(tool):
+    """--help and a bad flag answer before TensorFlow's few seconds of import (and its chatter)."""
+    probe = ("import importlib, sys\n"
+             f"main = importlib.import_module('bnp_cxr.cli.{tool}').main\n"
+             "for argv in (['--help'], ['--no-such-flag']):\n"
+             "    try:\n"
+             "        main(argv)\n"
+             "    except SystemExit:\n"
+             "        pass\n"
+             "print('tensorflow loaded' if 'tensorflow' in sys.modules else 'tensorflow not loaded')\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert result.stdout.strip().endswith("tensorflow not loaded"), result.stdout[-500:] + result.stderr[-500:]

@@ -78,11 +78,11 @@ def beam_args(runner: str, extra: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
-    parser = build_parser()
+    parser = build_parser()  # imports no TensorFlow: --help and usage errors stay fast
     args, extra = parser.parse_known_args(argv)
     if extra and args.runner == "local":
         parser.error(f"unrecognized arguments: {' '.join(extra)} (Beam pipeline options need --runner beam)")
+    quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from bnp_cxr.data.labs import PositivityThresholds
     from bnp_cxr.data.manifest import ManifestConfig, ManifestError, load_manifest

@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # the parser imports no TensorFlow: --help and usage errors stay fast
     quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
-    args = build_parser().parse_args(argv)
     from bnp_cxr.data.labs import PositivityThresholds
     from bnp_cxr.predict import format_predictions, predict_images
 

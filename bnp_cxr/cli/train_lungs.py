@@ -48,8 +48,8 @@ def data_name(data: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # the parser imports no TensorFlow: --help and usage errors stay fast
     quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
-    args = build_parser().parse_args(argv)
     if not args.data.exists():
         hint = (f"make the phantom cohort with `python tools/make_phantom.py` (writes {DEFAULT_DATA}), "
                 "or pass --data FOLDER" if args.data == DEFAULT_DATA else "pass an existing --data")
