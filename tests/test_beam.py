@@ -17,7 +17,6 @@ pytest.importorskip("apache_beam", reason="the beam extra is not installed (pip 
 from bnp_cxr.data.manifest import load_manifest  # noqa: E402
 from bnp_cxr.records.beam import pipeline_options, write_records_beam  # noqa: E402
 from bnp_cxr.records.writer import PROGRESS_DIR, IngestConfig, plan_shards, write_records  # noqa: E402
-from test_make_tfrecords import phantom  # noqa: E402,F401 - the small phantom cohort fixture
 from test_records import shard_examples  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,12 +50,12 @@ def summary_text_without_run_facts(out_dir: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def both(phantom, tmp_path_factory):
+def both(small_cohort, tmp_path_factory):
     """(manifest, local out, local summary, beam out, beam summary) on the small phantom cohort.
 
     The manifest's file name is not ASCII, so the name in rejects.csv and summary.json shows their encoding.
     """
-    cohort_dir, _ = phantom
+    cohort_dir = small_cohort
     shutil.copyfile(cohort_dir / "manifest.csv", cohort_dir / MANIFEST_NAME)
     manifest = load_manifest(cohort_dir / MANIFEST_NAME, cohort_dir / "labs.csv")
     local_out, beam_out = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("beam")
@@ -171,8 +170,8 @@ def test_cli_runner_value_becomes_beam_runner(runner, extra, expected):
     assert load_tool().beam_args(runner, extra) == expected
 
 
-def test_cli_beam_runner_with_pass_through_options(both, phantom, tmp_path, capsys):
-    cohort_dir, _ = phantom
+def test_cli_beam_runner_with_pass_through_options(both, small_cohort, tmp_path, capsys):
+    cohort_dir = small_cohort
     _, local_out, _, _, _ = both
     argv = ["--manifest", str(cohort_dir / "manifest.csv"), "--labs", str(cohort_dir / "labs.csv"),
             "--out", str(tmp_path / "records"), "--sizes", *map(str, SIZES), "--shard-size", str(SHARD_SIZE),

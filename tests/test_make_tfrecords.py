@@ -22,18 +22,9 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    from bnp_cxr.phantom import CohortConfig, generate_cohort
-
-    out = tmp_path_factory.mktemp("cohort")
-    cohort = generate_cohort(out, CohortConfig.small(), workers=1, progress=False)
-    return out, cohort
-
-
 @pytest.mark.slow
-def test_cli_on_phantom_cohort_accounts_for_every_row(phantom, tmp_path):
-    cohort_dir, cohort = phantom
+def test_cli_on_phantom_cohort_accounts_for_every_row(small_cohort, tmp_path):
+    cohort_dir, cohort = small_cohort, json.loads((small_cohort / "cohort.json").read_text())
     result = run_cli("--manifest", str(cohort_dir / "manifest.csv"), "--labs", str(cohort_dir / "labs.csv"),
                      "--out", str(tmp_path / "records"), "--sizes", "64", "128", "--workers", "2",
                      "--shard-size", "8", cwd=tmp_path)
