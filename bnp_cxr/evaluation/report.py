@@ -154,7 +154,15 @@ def resolve_section(run_dir: Path, section: dict) -> dict:
     module = SECTION_BUILDERS.get(source.get("kind"))
     if module is None:
         raise ValueError(f"{Path(run_dir) / REPORT_STATE}: unknown report section kind {source.get('kind')!r}")
-    return importlib.import_module(module).build_section(Path(run_dir), source)
+    section = importlib.import_module(module).build_section(Path(run_dir), source)
+    if source.get("command"):
+        section["blocks"].append(["p", f"Command: `{source['command']}`"])
+    return section
+
+
+def outputs_gone(what: str, folder: Path, tool: str) -> list:
+    """The paragraph of a rebuilt section whose outputs are no longer where its source says."""
+    return ["p", f"No {what} in {folder} (moved or deleted since {tool} ran): rerun it to restore this section."]
 
 
 def _title(section: dict) -> str:
@@ -193,9 +201,14 @@ def add_section(run_dir: str | os.PathLike, name: str, section: dict,
 
     The run must have been evaluated; a section of the same name is replaced.
     """
+    return add_sections(run_dir, {name: section}, {name: command} if command else {})
+
+
+def add_sections(run_dir: str | os.PathLike, sections: dict[str, dict],
+                 commands: dict[str, str] | None = None) -> tuple[Path, Path]:
+    """add_section of several sections (in this order) with one rewrite of the report."""
     state = read_state(run_dir)
-    state.setdefault("sections", {})[name] = section
-    if command:
-        state.setdefault("commands", {})[name] = command
+    state.setdefault("sections", {}).update(sections)
+    state.setdefault("commands", {}).update(commands or {})
     write_json(Path(run_dir) / REPORT_STATE, state)
     return write_report(run_dir)

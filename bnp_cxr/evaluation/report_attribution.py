@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnp_cxr.evaluation.report import add_section, add_to_reports
+from bnp_cxr.evaluation.report import add_sections, add_to_reports, outputs_gone
 
 IN_LUNG, PER_IMAGE, TREND = "in_lung.csv", "in_lung_per_image.csv", "in_lung_trend.png"
 SANITY_CSV, SANITY_PLOT = "sanity.csv", "sanity.png"
@@ -98,15 +98,18 @@ def _scorecard_blocks(out: Path, size: int) -> list:
     return blocks
 
 
-def attribution_section(run_dir: Path, out: Path, command: str | None) -> dict:
+def _run_size(run_dir: Path) -> int:
+    return int(json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["size"])
+
+
+def attribution_section(run_dir: Path, out: Path) -> dict:
     """The section (blocks, CLAIM items, heatmap panel per image ID) for one explained run, from out's files."""
-    size, name = int(json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["size"]), run_dir.name
+    size, name = _run_size(run_dir), run_dir.name
     blocks: list = [["h", 2, "Attribution"]]
     per_image = pd.read_csv(out / PER_IMAGE) if (out / PER_IMAGE).is_file() else pd.DataFrame()
     mine = per_image[per_image["run"] == name] if "run" in per_image else per_image
     if mine.empty:
-        blocks.append(["p", f"No attribution outputs for {name} in {out} (moved or deleted since "
-                            "tools/attribute.py ran): rerun it to restore this section."])
+        blocks.append(outputs_gone(f"attribution outputs for {name}", out, "tools/attribute.py"))
     else:
         methods = ", ".join(dict.fromkeys(mine["method"]))
         blocks.append(["p", f"{mine['image_id'].nunique()} test images explained with {methods} "
@@ -115,60 +118,55 @@ def attribution_section(run_dir: Path, out: Path, command: str | None) -> dict:
     if (out / IN_LUNG).is_file():
         blocks += _in_lung_blocks(out, name, size)
     panels = {path.stem: str(path.resolve()) for path in sorted((out / "panels").glob("*.png"))}
-    if command:
-        blocks.append(["p", f"Command: `{command}`"])
     return {"blocks": blocks, "claim": CLAIM_COVERED, "heatmaps": panels}
 
 
-def sanity_section(sanity_dir: Path, command: str | None) -> dict:
+def sanity_section(sanity_dir: Path) -> dict:
     """The model-randomisation section from a sanity check's folder (sanity.csv, sanity.png)."""
     if not (sanity_dir / SANITY_CSV).is_file():
         blocks = [["h", 2, "Model-randomisation sanity check"],
-                  ["p", f"No {SANITY_CSV} in {sanity_dir} (moved or deleted since tools/sanity_check.py ran): "
-                        "rerun it to restore this section."]]
+                  outputs_gone(SANITY_CSV, sanity_dir, "tools/sanity_check.py")]
     else:
         blocks = _sanity_blocks(sanity_dir)
-    if command:
-        blocks.append(["p", f"Command: `{command}`"])
     return {"blocks": blocks, "claim": CLAIM_COVERED}
 
 
-def scorecard_section(run_dir: Path, out: Path, command: str | None) -> dict:
+def scorecard_section(run_dir: Path, out: Path) -> dict:
     """The scorecard section of one run, from out's scorecard.csv (and its agreement table and figure)."""
     if (out / SCORECARD_CSV).is_file():
-        size = int(json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["size"])
-        blocks = _scorecard_blocks(out, size)
+        blocks = _scorecard_blocks(out, _run_size(run_dir))
     else:
         blocks = [["h", 2, "Attribution scorecard"],
-                  ["p", f"No {SCORECARD_CSV} in {out} (moved or deleted since tools/attribute.py --scorecard ran): "
-                        "rerun it to restore this section."]]
-    if command:
-        blocks.append(["p", f"Command: `{command}`"])
+                  outputs_gone(SCORECARD_CSV, out, "tools/attribute.py --scorecard")]
     return {"blocks": blocks, "claim": CLAIM_COVERED}
 
 
 def build_section(run_dir: Path, source: dict) -> dict:
     """A report section rebuilt from the files its source names (bnp_cxr.evaluation.report.SECTION_BUILDERS)."""
     if source["kind"] == "attribution":
-        return attribution_section(run_dir, Path(source["out"]), source.get("command"))
+        return attribution_section(run_dir, Path(source["out"]))
     if source["kind"] == "scorecard":
-        return scorecard_section(run_dir, Path(source["out"]), source.get("command"))
-    return sanity_section(Path(source["dir"]), source.get("command"))
+        return scorecard_section(run_dir, Path(source["out"]))
+    return sanity_section(Path(source["dir"]))
+
+
+def _source(kind: str, folder: str | os.PathLike, command: str | None = None) -> dict:
+    """A section rebuilt from `folder` (the sanity check's own folder, else the attribution output folder)."""
+    key = "dir" if kind == "sanity" else "out"
+    return {"kind": kind, key: str(Path(folder).resolve()), "command": command}
 
 
 def add_scorecard_to_reports(run_dirs: list[str | os.PathLike], out: str | os.PathLike,
                              command: str | None = None) -> list[Path]:
     """Add (or replace) the scorecard section of every evaluated run's report; the HTML reports written."""
-    return add_to_reports(run_dirs, "scorecard", {"kind": "scorecard", "out": str(Path(out).resolve())}, command)
+    return add_to_reports(run_dirs, "scorecard", _source("scorecard", out), command)
 
 
 def add_sanity_to_report(run_dir: str | os.PathLike, sanity_dir: str | os.PathLike,
                          command: str | None = None) -> Path | None:
     """Add (or replace) the sanity section of an evaluated run's report; None when it has no report yet."""
-    if not (Path(run_dir) / "metrics.json").is_file():
-        return None
-    source = {"kind": "sanity", "dir": str(Path(sanity_dir).resolve()), "command": command}
-    return add_section(run_dir, "sanity", {"source": source}, command)[1]
+    written = add_to_reports([run_dir], "sanity", _source("sanity", sanity_dir), command)
+    return written[0] if written else None
 
 
 def add_attribution_to_reports(run_dirs: list[str | os.PathLike], out: str | os.PathLike,
@@ -176,20 +174,20 @@ def add_attribution_to_reports(run_dirs: list[str | os.PathLike], out: str | os.
                                command: str | None = None) -> list[Path]:
     """Add (or replace) the attribution section of every evaluated run's report; returns the HTML reports written.
 
-    The section is rebuilt from `out` whenever the report is rewritten. A sanity check already in
-    sanity_root/<run name> gets its section too. Runs without metrics.json (not evaluated) are skipped:
-    their report does not exist yet.
+    The section is rebuilt from `out` whenever the report is rewritten. A scorecard already in `out` and a
+    sanity check already in sanity_root/<run name> get their sections too, in the same rewrite. Runs without
+    metrics.json (not evaluated) are skipped: their report does not exist yet.
     """
     written = []
     for run_dir in map(Path, run_dirs):
         if not (run_dir / "metrics.json").is_file():
             continue
-        source = {"kind": "attribution", "out": str(Path(out).resolve()), "command": command}
-        report = add_section(run_dir, "attribution", {"source": source}, command)[1]
+        sources = [_source("attribution", out, command)]
         if (Path(out) / SCORECARD_CSV).is_file():
-            add_scorecard_to_reports([run_dir], out)
+            sources.append(_source("scorecard", out))
         sanity_dir = Path(sanity_root) / run_dir.name if sanity_root else None
         if sanity_dir is not None and (sanity_dir / SANITY_CSV).is_file():
-            add_sanity_to_report(run_dir, sanity_dir)
-        written.append(report)
+            sources.append(_source("sanity", sanity_dir))
+        sections = {source["kind"]: {"source": source} for source in sources}
+        written.append(add_sections(run_dir, sections, {"attribution": command} if command else {})[1])
     return written

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnp_cxr.evaluation.report import add_to_reports
+from bnp_cxr.evaluation.report import add_to_reports, outputs_gone
 from bnp_cxr.evaluation.study import OUTPUT_FILES
 
 # Shown when present, in this order; the CSV holds every metric.
@@ -29,13 +29,12 @@ def _entry(row: pd.Series, name: str) -> str:
     return f"{float(value):.3f} [{float(low):.3f}, {float(high):.3f}]"
 
 
-def study_section(run_dir: Path, out: Path, command: str | None) -> dict:
+def study_section(run_dir: Path, out: Path) -> dict:
     """Blocks for the study in `out`, naming this run's size; a note instead when its files are gone."""
     table_path, plot_path = out / OUTPUT_FILES["csv"], out / OUTPUT_FILES["plot"]
     blocks: list = [["h", 2, "Resolution study"]]
     if not table_path.is_file():
-        blocks.append(["p", f"No {table_path.name} in {out} (moved or deleted since tools/resolution_study.py "
-                            "ran): rerun it to restore this section."])
+        blocks.append(outputs_gone(table_path.name, out, "tools/resolution_study.py"))
     else:
         table = pd.read_csv(table_path)
         metrics = [name for name in STUDY_METRICS if name in table]
@@ -47,14 +46,12 @@ def study_section(run_dir: Path, out: Path, command: str | None) -> dict:
                    ["table", ["size", "test images", *metrics], rows]]
         if plot_path.is_file():
             blocks.append(["figure", str(plot_path.resolve()), "Test metrics across image sizes"])
-    if command:
-        blocks.append(["p", f"Command: `{command}`"])
     return {"blocks": blocks, "claim": CLAIM_COVERED}
 
 
 def build_section(run_dir: Path, source: dict) -> dict:
     """A report section rebuilt from the study folder its source names (report.SECTION_BUILDERS)."""
-    return study_section(run_dir, Path(source["out"]), source.get("command"))
+    return study_section(run_dir, Path(source["out"]))
 
 
 def add_study_to_reports(run_dirs: list[str | os.PathLike], out: str | os.PathLike,
