@@ -41,6 +41,7 @@ LABELS = {"nih": "NIH ChestX-ray14 subset, fold 0 of 5 by patient (bench/nih_rec
                       "lungs: the manual masks"}
 METRICS = ("auc_combined", "pearson_r_log10_bnpp")
 IN_LUNG = ("mass_in_lung_fraction", "top_in_lung_fraction", "lung_area_fraction")
+STUDY_N_BOOT = 2000  # the runs' test metrics: another count makes run_study evaluate them again
 
 
 def dataset_manifest(dataset: str, data: Path, work: Path) -> Path:
@@ -99,26 +100,23 @@ def size_rows(outcomes, in_lung, minutes: dict[int, float]) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_study_arguments(parser: argparse.ArgumentParser, sizes: list[int]) -> None:
+    """The dataset, its records / runs folder, the sizes and the NIH lung U-Net: shared with scorecard_real.py."""
     parser.add_argument("dataset", choices=sorted(DATA))
     parser.add_argument("--data", type=Path, help="dataset folder (default: ../shared/data's)")
     parser.add_argument("--work", type=Path, help="records, runs and maps (default: work/resolution_DATASET)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512])
-    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    parser.add_argument("--n", type=int, default=32, help="test images explained at every size")
+    parser.add_argument("--sizes", type=int, nargs="+", default=sizes)
     parser.add_argument("--lung-size", type=int, default=256, help="lung U-Net input size (nih)")
     parser.add_argument("--lung-epochs", type=int, default=30)
-    parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--name", help="result file bench/results/NAME.json (default: resolution_DATASET)")
-    args = parser.parse_args()
+
+
+def study_runs(args: argparse.Namespace, epochs: int | None = None, n_boot: int = STUDY_N_BOOT):
+    """(work folder, run_study outcomes per size, lung U-Net path or None): records written and the default recipe
+    trained and evaluated at every size, each reused when already done."""
     data, work = args.data or DATA[args.dataset], args.work or REPO / WORK_DIR / f"resolution_{args.dataset}"
     if not data.is_dir():
         sys.exit(f"error: no {args.dataset} data at {data}; pass --data")
-    import pandas as pd
-
-    from bnp_cxr.attribution.run import AGGREGATE, AttributionConfig, attribute, run_info
     from bnp_cxr.data.manifest import load_manifest
     from bnp_cxr.evaluation.study import run_study
     from bnp_cxr.records.writer import IngestConfig, write_records
@@ -126,11 +124,27 @@ def main() -> None:
     records = work / "records"
     write_records(load_manifest(dataset_manifest(args.dataset, data, work)), records,
                   IngestConfig(sizes=tuple(args.sizes), workers=args.workers, resume=True, progress=False))
-    options = {"records_dir": str(records), **({"epochs": args.epochs} if args.epochs else {})}
-    outcomes, _ = run_study(args.sizes, options, work / "runs", work / "study", n_boot=args.n_boot, verbose=0)
-    minutes = train_minutes(work, outcomes)
+    options = {"records_dir": str(records), **({"epochs": epochs} if epochs else {})}
+    outcomes, _ = run_study(args.sizes, options, work / "runs", work / "study", n_boot=n_boot, verbose=0)
     lungs = lung_model(work.parent / "lungs" / f"unet{args.lung_size}.keras", args.lung_size, args.lung_epochs) \
         if args.dataset == "nih" else None
+    return work, outcomes, lungs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_study_arguments(parser, [64, 128, 256, 512])
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--n", type=int, default=32, help="test images explained at every size")
+    parser.add_argument("--n-boot", type=int, default=STUDY_N_BOOT)
+    parser.add_argument("--name", help="result file bench/results/NAME.json (default: resolution_DATASET)")
+    args = parser.parse_args()
+    import pandas as pd
+
+    from bnp_cxr.attribution.run import AGGREGATE, AttributionConfig, attribute, run_info
+
+    work, outcomes, lungs = study_runs(args, args.epochs, args.n_boot)
+    minutes = train_minutes(work, outcomes)
     attribute([run_info(outcome.run_dir) for outcome in outcomes], work / "attribution",
               AttributionConfig(n_images=args.n, lung_model=str(lungs) if lungs else None, n_boot=args.n_boot,
                                 panels=False), progress=False)

@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from common import report
-from real_resolution import DATA, LABELS, REPO, dataset_manifest, lung_model
-
-from bnp_cxr.workspace import WORK_DIR
+from real_resolution import LABELS, add_study_arguments, study_runs
 
 SHOWN = ("mass_in_lung_fraction", "pointing_game", "otsu_iou", "deletion_auc", "insertion_auc", "road_gap",
          "randomisation_spearman", "max_sensitivity")
@@ -33,40 +29,22 @@ SHOWN = ("mass_in_lung_fraction", "pointing_game", "otsu_iou", "deletion_auc", "
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=sorted(DATA))
-    parser.add_argument("--data", type=Path, help="dataset folder (default: ../shared/data's)")
-    parser.add_argument("--work", type=Path, help="records and runs (default: work/resolution_DATASET)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
+    add_study_arguments(parser, [64, 128, 256])
     parser.add_argument("--n", type=int, default=16, help="test images scored at every size")
     parser.add_argument("--subset", type=int, default=4, help="images for randomisation and stability")
-    parser.add_argument("--lung-size", type=int, default=256, help="lung U-Net input size (nih)")
-    parser.add_argument("--lung-epochs", type=int, default=30)
-    parser.add_argument("--n-boot", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the scorecard's CIs")
     parser.add_argument("--name", help="result file bench/results/NAME.json (default: scorecard_DATASET)")
     args = parser.parse_args()
-    data, work = args.data or DATA[args.dataset], args.work or REPO / WORK_DIR / f"resolution_{args.dataset}"
-    if not data.is_dir():
-        sys.exit(f"error: no {args.dataset} data at {data}; pass --data")
     import pandas as pd
 
     from bnp_cxr.attribution.run import AttributionConfig, run_info
     from bnp_cxr.attribution.scorecard import ScorecardConfig
     from bnp_cxr.attribution.scorecard_run import write_scorecard
-    from bnp_cxr.data.manifest import load_manifest
-    from bnp_cxr.evaluation.study import format_entry, run_study
+    from bnp_cxr.evaluation.study import format_entry
     from bnp_cxr.lungs import load_lung_model
-    from bnp_cxr.records.writer import IngestConfig, write_records
 
-    records = work / "records"
-    write_records(load_manifest(dataset_manifest(args.dataset, data, work)), records,
-                  IngestConfig(sizes=tuple(args.sizes), workers=args.workers, resume=True, progress=False))
-    outcomes, _ = run_study(args.sizes, {"records_dir": str(records)}, work / "runs", work / "study",
-                            n_boot=args.n_boot, verbose=0)
-    lungs = None
-    if args.dataset == "nih":
-        lungs = load_lung_model(str(lung_model(work.parent / "lungs" / f"unet{args.lung_size}.keras",
-                                               args.lung_size, args.lung_epochs)))
+    work, outcomes, lung_path = study_runs(args)  # the study's own bootstrap: its evaluated runs are reused as they are
+    lungs = load_lung_model(str(lung_path)) if lung_path else None
     started = time.perf_counter()
     written = write_scorecard([run_info(outcome.run_dir) for outcome in outcomes], work / "scorecard",
                               ScorecardConfig(subset=args.subset, n_boot=args.n_boot), lung_model=lungs,
