@@ -56,7 +56,7 @@ class RunDir:
 
     path: Path
 
-    MODEL = "model.keras"  # best epoch by val loss
+    MODEL = "model.keras"  # the last epoch, or the lowest val loss (TrainConfig.keep)
     CONFIG = "config.json"  # resolved options, versions, data fingerprint, sessions
     HISTORY = "history.csv"  # one row per epoch
     METRICS = "metrics.json"  # test-split metrics with CIs

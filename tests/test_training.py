@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from archives import heart_records
 from bnp_cxr.records.reader import make_dataset
-from bnp_cxr.training import MaskedL1, MaskedMAE, ThresholdAUC, TrainConfig, make_config, resolve, train
+from bnp_cxr.training import MaskedL1, MaskedL2, MaskedMAE, ThresholdAUC, TrainConfig, make_config, resolve, train
 from bnp_cxr.training.config import gpus_visible, identity_mismatches
 from bnp_cxr.training.loop import (BACKUP_DIR, HISTORY_FILE, MODEL_FILE, completed_epochs, data_fingerprint,
                                    learning_rate, read_history, strategy_kind,
@@ -30,23 +30,37 @@ SPLIT_SIZES = {"train": 24, "val": 8, "test": 4}
 
 # ---------------------------------------------------------------- loss and metrics
 
-@pytest.mark.parametrize("y_true, y_pred, weights, expected", [
-    ([[2.0, 3.0]], [[2.5, 2.0]], (1, 1), (0.5 + 1.0) / 2),
-    ([[2.0, NAN], [NAN, 3.0]], [[2.5, 9.0], [9.0, 2.0]], (1, 1), (0.5 + 1.0) / 2),
-    ([[2.0, NAN], [NAN, 3.0]], [[2.5, 9.0], [9.0, 2.0]], (2, 0.5), (2 * 0.5 + 0.5 * 1.0) / 2),
-    ([[NAN, NAN], [NAN, NAN]], [[1.0, 2.0], [3.0, 4.0]], (1, 1), 0.0),
-    ([[2.0, 3.0], [NAN, NAN]], [[2.0, 3.0], [7.0, 7.0]], (1, 1), 0.0),
+@pytest.mark.parametrize("loss_class, y_true, y_pred, weights, expected", [
+    (MaskedL1, [[2.0, 3.0]], [[2.5, 2.0]], (1, 1), (0.5 + 1.0) / 2),
+    (MaskedL1, [[2.0, NAN], [NAN, 3.0]], [[2.5, 9.0], [9.0, 2.0]], (1, 1), (0.5 + 1.0) / 2),
+    (MaskedL1, [[2.0, NAN], [NAN, 3.0]], [[2.5, 9.0], [9.0, 2.0]], (2, 0.5), (2 * 0.5 + 0.5 * 1.0) / 2),
+    (MaskedL1, [[NAN, NAN], [NAN, NAN]], [[1.0, 2.0], [3.0, 4.0]], (1, 1), 0.0),
+    (MaskedL1, [[2.0, 3.0], [NAN, NAN]], [[2.0, 3.0], [7.0, 7.0]], (1, 1), 0.0),
+    (MaskedL2, [[2.0, 3.0]], [[2.5, 2.0]], (1, 1), (0.25 + 1.0) / 2),
+    (MaskedL2, [[2.0, NAN], [NAN, 3.0]], [[2.5, 9.0], [9.0, 1.0]], (2, 0.5), (2 * 0.25 + 0.5 * 4.0) / 2),
+    (MaskedL2, [[NAN, NAN], [NAN, NAN]], [[1.0, 2.0], [3.0, 4.0]], (1, 1), 0.0),
 ])
-def test_masked_l1_case_table(y_true, y_pred, weights, expected):
-    loss = MaskedL1(weights)(np.array(y_true, "float32"), np.array(y_pred, "float32"))
+def test_masked_loss_case_table(loss_class, y_true, y_pred, weights, expected):
+    loss = loss_class(weights)(np.array(y_true, "float32"), np.array(y_pred, "float32"))
     assert float(loss) == pytest.approx(expected, abs=1e-6)
 
 
+def test_masked_l2_minimiser_is_the_mean_where_l1_takes_the_median():
+    """Two-valued labels, 1 positive in 4: L2's best constant is the mean, L1's the majority (median) value."""
+    labels = tf.constant([[NAN, 3.3]] + [[NAN, 2.0]] * 3, tf.float32)
+    grid = np.linspace(1.8, 3.5, 171, dtype="float32")
+    best = {loss.name: grid[np.argmin([float(loss(labels, tf.fill([4, 2], value))) for value in grid])]
+            for loss in (MaskedL1(), MaskedL2())}
+    assert best["masked_l2"] == pytest.approx((3.3 + 3 * 2.0) / 4, abs=0.011)
+    assert best["masked_l1"] == pytest.approx(2.0, abs=0.011)
+
+
+@pytest.mark.parametrize("loss_class", [MaskedL1, MaskedL2])
 @pytest.mark.parametrize("y_true", [[[NAN, NAN], [NAN, NAN]], [[2.0, NAN], [NAN, NAN]]])
-def test_masked_l1_gradient_is_finite_and_zero_for_missing_labels(y_true):
+def test_masked_loss_gradient_is_finite_and_zero_for_missing_labels(loss_class, y_true):
     pred = tf.Variable([[1.0, 2.0], [3.0, 4.0]])
     with tf.GradientTape() as tape:
-        loss = MaskedL1()(tf.constant(y_true, tf.float32), pred)
+        loss = loss_class()(tf.constant(y_true, tf.float32), pred)
     grad = tape.gradient(loss, pred).numpy()
     assert np.isfinite(float(loss)) and np.isfinite(grad).all()
     np.testing.assert_array_equal(grad[np.isnan(np.array(y_true))], 0.0)
@@ -139,7 +153,8 @@ def test_threshold_auc_matches_sklearn_on_known_labels(labelled_predictions, ind
     assert float(metric.result()) == pytest.approx(expected, abs=0.01)  # keras bins scores
 
 
-@pytest.mark.parametrize("make", [lambda: MaskedL1((2.0, 0.5)), lambda: MaskedMAE(1), lambda: ThresholdAUC(0, 150.0)])
+@pytest.mark.parametrize("make", [lambda: MaskedL1((2.0, 0.5)), lambda: MaskedL2((1.0, 3.0)), lambda: MaskedMAE(1),
+                                  lambda: ThresholdAUC(0, 150.0)])
 def test_loss_and_metrics_round_trip_through_keras_serialisation(make):
     original = make()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(original))
@@ -165,8 +180,9 @@ def test_resolve_picks_backbone_and_precision(n_gpus, given, mixed, want_backbon
 
 def test_paper_preset_and_explicit_options_win():
     paper = make_config({}, preset="paper")
-    assert (paper.backbone, paper.weights, paper.loss_weights, paper.preset) == (
-        "resnet152", "imagenet", (1, 1), "paper")
+    assert (paper.backbone, paper.weights, paper.loss, paper.loss_weights, paper.keep, paper.preset) == (
+        "resnet152", "imagenet", "l1", (1, 1), "best", "paper")
+    assert (TrainConfig().loss, TrainConfig().keep) == ("l1", "last")
     mine = make_config({"lr": 3e-4, "backbone": "resnet50"}, preset="paper")
     assert (mine.backbone, mine.lr, mine.weights) == ("resnet50", 3e-4, "imagenet")
 
@@ -178,7 +194,8 @@ def test_paper_preset_and_explicit_options_win():
     ({"optimizer": "rmsprop"}, "optimizer must be one of"), ({"weight_decay": 1e-4}, "weight_decay needs"),
     ({"optimizer": "adamw", "weight_decay": -1.0}, "weight_decay must be >= 0"),
     ({"optimizer": "adamw", "momentum": 0.9}, "momentum is an sgd setting"),
-    ({"optimizer": "sgd", "momentum": 1.0}, "momentum must be in"),
+    ({"optimizer": "sgd", "momentum": 1.0}, "momentum must be in"), ({"loss": "huber"}, "loss must be one of"),
+    ({"keep": "first"}, "keep must be one of"),
 ])
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
@@ -280,10 +297,22 @@ def test_run_folder_holds_model_config_history_and_logs(finished_run, records):
     model = load_compiled_model(run_dir / MODEL_FILE)
     assert model.predict(np.zeros((3, 64, 64, 1), "float32"), verbose=0).shape == (3, 2)
     assert isinstance(model.loss, MaskedL1)
-    # model.keras is the best epoch, and each epoch's validation read the whole val split.
+    # model.keras is the last epoch (keep="last", the default), and each epoch's validation read the whole split.
+    assert saved["keep"] == "last"
     val = make_dataset(records, "val", 64, batch_size=8, deterministic=True, standardize=saved["standardize"])
     scores = model.evaluate(val, verbose=0, return_dict=True)
-    assert scores["loss"] == pytest.approx(finished_run.best_val_loss, rel=1e-4)
+    assert scores["loss"] == pytest.approx(history[-1]["val_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("keep, best_only", [("last", False), ("best", True)])
+def test_keep_chooses_what_the_model_checkpoint_writes(keep, best_only, tmp_path):
+    from keras.callbacks import ModelCheckpoint
+
+    from bnp_cxr.training.loop import _callbacks
+
+    callbacks = _callbacks(tmp_path, tmp_path / "backup", 0.5, [], keep=keep, tensorboard=False)
+    (checkpoint,) = [callback for callback in callbacks if isinstance(callback, ModelCheckpoint)]
+    assert checkpoint.save_best_only is best_only and checkpoint.filepath == str(tmp_path / MODEL_FILE)
 
 
 def test_data_fingerprint_changes_with_the_records(records, tmp_path):
@@ -383,23 +412,28 @@ def test_cli_trains_with_default_backbone_and_refuses_to_clobber(records, tmp_pa
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
-def test_cli_optimizer_options_build_adamw_and_are_recorded(records, tmp_path):
+def test_cli_optimizer_and_loss_options_build_adamw_and_l2_and_are_recorded(records, tmp_path):
     from bnp_cxr.cli.train import build_parser
+    from bnp_cxr.training import load_compiled_model
     from bnp_cxr.training.arguments import training_options
 
     args = build_parser().parse_args(["--optimizer", "adamw", "--weight-decay", "1e-4", "--records", str(records),
                                       "--run-dir", str(tmp_path / "run"), "--size", "64", "--backbone", "small_cnn",
-                                      "--epochs", "1", "--batch-size", "8", "--mixed-precision", "off"])
+                                      "--epochs", "1", "--batch-size", "8", "--mixed-precision", "off", "--loss", "l2"])
     seen = []
 
     class Optimizer(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            seen.append(self.model.optimizer)
+            seen.append((self.model.optimizer, self.model.loss))
 
     result = train(make_config(training_options(args)), callbacks=[Optimizer()], verbose=0, log=lambda _: None)
-    assert type(seen[0]) is keras.optimizers.AdamW and seen[0].weight_decay == pytest.approx(1e-4)
+    optimizer, loss = seen[0]
+    assert type(optimizer) is keras.optimizers.AdamW and optimizer.weight_decay == pytest.approx(1e-4)
+    assert type(loss) is MaskedL2
     saved = json.loads((result.run_dir / "config.json").read_text())
     assert (saved["optimizer"], saved["weight_decay"], saved["compute"]["optimizer"]) == ("adamw", 1e-4, "AdamW")
+    assert saved["loss"] == "l2"
+    assert type(load_compiled_model(result.run_dir / MODEL_FILE).loss) is MaskedL2
 
 
 def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_path):
@@ -407,7 +441,7 @@ def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_pat
     train(tiny_config(records, run_dir, epochs=1, mixed_precision="off", standardize="none"), verbose=0,
           log=lambda _: None)
     saved = json.loads((run_dir / "config.json").read_text())
-    for name in ("optimizer", "weight_decay", "momentum", "standardize"):
+    for name in ("optimizer", "weight_decay", "momentum", "standardize", "loss", "keep"):
         del saved[name]
     (run_dir / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="optimizer: 'adam' -> 'sgd'"):
@@ -419,4 +453,5 @@ def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_pat
     resumed = json.loads((run_dir / "config.json").read_text())
     assert (resumed["optimizer"], resumed["weight_decay"], resumed["compute"]["optimizer"]) == ("adam", 0.0, "Adam")
     assert resumed["standardize"] == "none"  # what a run saved before the option was trained with
+    assert (resumed["loss"], resumed["keep"]) == ("l1", "best")
     assert [session["resumed"] for session in resumed["sessions"]] == [False, True]

@@ -136,14 +136,18 @@ def _label_rules(facts) -> list:
 def model_section(facts) -> list:
     config = facts.config
     keys = ("backbone", "size", "weights", "epochs", "batch_size", "optimizer", "lr", "schedule", "warmup_epochs",
-            "weight_decay", "dropout", "augment", "standardize", "loss_weights", "mixed_precision", "seed")
+            "weight_decay", "dropout", "augment", "standardize", "loss", "loss_weights", "keep", "mixed_precision",
+            "seed")
     rows = [[key, _fmt(config.get(key))] for key in keys if key in config]
+    # config.json of runs from before the loss / keep options: L1, best epoch (TrainConfig.from_json)
+    loss = {"l1": "masked L1", "l2": "masked squared error"}.get(config.get("loss", "l1"), config.get("loss"))
+    kept = ("the last epoch" if config.get("keep", "best") == "last"
+            else "the epoch with the lowest validation loss")
     blocks = [["h", 2, "Model and training"],
               ["p", f"One model (no ensemble): `{config.get('backbone')}` reading a {config.get('size')} px grayscale "
                     "radiograph and predicting [log10 BNP, log10 BNPP]; weights "
                     f"{'from ' + str(config['weights']) if config.get('weights') else 'randomly initialised'}. "
-                    "Loss: masked L1 on the log10 labs. The saved model is the epoch with the lowest validation "
-                    "loss."],
+                    f"Loss: {loss} on the log10 labs. The saved model is {kept}."],
               ["table", ["option", "value"], rows]]
     if facts.history:
         losses = [float(row.get("val_loss", "nan")) for row in facts.history]

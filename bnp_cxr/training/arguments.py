@@ -7,7 +7,8 @@ import dataclasses
 
 from bnp_cxr.models import BACKBONES
 from bnp_cxr.records.standardize import STANDARDIZATIONS
-from bnp_cxr.training.config import CPU_STANDARDIZE, MIXED_PRECISION, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+from bnp_cxr.training.config import (CPU_STANDARDIZE, KEEP, LOSS_NAMES, MIXED_PRECISION, OPTIMIZERS, PRESETS, SCHEDULES,
+                                    TrainConfig)
 from bnp_cxr.workspace import RECORDS_DIR, RUNS_DIR
 
 
@@ -50,8 +51,13 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, per_run: bool = T
     options.add_argument("--standardize", choices=STANDARDIZATIONS,
                          help="per-image intensity standardisation of the model input inside the content box "
                               f"(default: {CPU_STANDARDIZE} with the CPU backbone, none otherwise)")
+    options.add_argument("--loss", choices=LOSS_NAMES,
+                         help="l1 (the paper's) or l2 (squared error) on the log10 labels (default: l1)")
     options.add_argument("--loss-weights", type=float, nargs=2, metavar=("BNP", "BNPP"),
-                         help="weights of the two outputs in the L1 loss (default: 1 1)")
+                         help="weights of the two outputs in the loss (default: 1 1)")
+    options.add_argument("--keep", choices=KEEP,
+                         help="which epoch model.keras holds: the last (default) or the one with the lowest val loss "
+                              "(the paper preset's)")
     options.add_argument("--dropout", type=float, help=f"dropout before the output layer (default: {d.dropout})")
     options.add_argument("--cache", action=argparse.BooleanOptionalAction,
                          help="cache records in memory (default: off)")

@@ -18,6 +18,8 @@ DEFAULT_RUNS = str(RUNS_DIR)
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MIXED_PRECISION = ("auto", "on", "off", "bfloat16")
+KEEP = ("last", "best")  # which epoch's weights model.keras holds
+LOSS_NAMES = ("l1", "l2")  # training.losses.LOSSES: L1 (the paper's) or squared error on log10 labels
 # Keras dtype policies: "on" is float16 compute with dynamic loss scaling (Keras wraps the optimizer in a
 # LossScaleOptimizer); bfloat16 has float32's exponent range, so it needs no loss scaling (Ampere+ GPUs, TPUs,
 # CPUs with AVX512_BF16 / AMX).
@@ -31,13 +33,13 @@ CONFIG_FILE = RunDir.CONFIG
 # Huynh et al. (MIDL 2022): ImageNet ResNet152, L1 on log10 labels, Adam, their patient split (here: the
 # records' split). The abstract gives no learning rate; 1e-4 is the usual Adam rate for fine-tuning.
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"backbone": "resnet152", "weights": "imagenet", "loss_weights": (1.0, 1.0), "lr": 1e-4,
-              "schedule": "constant"},
+    "paper": {"backbone": "resnet152", "weights": "imagenet", "loss": "l1", "loss_weights": (1.0, 1.0), "lr": 1e-4,
+              "schedule": "constant", "keep": "best"},
 }
 # Options that define what a run learns: a resumed run must keep them (epochs may grow).
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
-                   "standardize", "loss_weights", "dropout")
+                   "standardize", "loss", "loss_weights", "dropout", "keep")
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,12 @@ class TrainConfig:
     resume: bool = False
     augment: bool = True
     standardize: str | None = None  # model-input standardisation (records.standardize); None: by backbone (resolve)
+    loss: str = "l1"  # see LOSS_NAMES
     loss_weights: tuple[float, float] = (1.0, 1.0)  # [BNP, BNPP]
     dropout: float = 0.2
+    # last: the final epoch, where the cosine schedule has annealed the rate to 0; best: the lowest val loss,
+    # which on a val split of ~100 images picks an epoch by noise (bench/nih_recipe.py, recipe keep_best).
+    keep: str = "last"
     cache: bool = False  # keep the serialised records in memory after the first epoch
     shuffle_buffer: int = 1024
     preset: str | None = None
@@ -87,6 +93,10 @@ class TrainConfig:
             problems.append(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         if self.mixed_precision not in MIXED_PRECISION:
             problems.append(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.keep not in KEEP:
+            problems.append(f"keep must be one of {KEEP}, got {self.keep!r}")
+        if self.loss not in LOSS_NAMES:
+            problems.append(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}")
         if len(self.loss_weights) != 2 or min(self.loss_weights) < 0 or not any(self.loss_weights):
             problems.append(f"loss_weights must be two non-negative numbers, not both 0, got {self.loss_weights}")
         if not 0 <= self.dropout < 1:
@@ -130,7 +140,9 @@ class TrainConfig:
         kept = {key: value for key, value in values.items() if key in names}
         if "loss_weights" in kept:
             kept["loss_weights"] = tuple(kept["loss_weights"])
-        kept.setdefault("standardize", "none")  # runs saved before the option existed were trained without it
+        # runs saved before these options existed were trained without CLAHE and kept their best epoch
+        kept.setdefault("standardize", "none")
+        kept.setdefault("keep", "best")
         return cls(**kept)
 
 

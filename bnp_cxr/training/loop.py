@@ -1,8 +1,9 @@
 """One training run: strategy, data, model, callbacks, and the run folder (config, history, checkpoints, logs).
 
-Run folder layout: model.keras (best by val loss), backup/ (BackupAndRestore: the last completed
-epoch's weights, optimizer state and epoch number, for --resume), config.json (resolved options,
-library versions, data fingerprint, sessions), history.csv (one row per epoch), logs/ (TensorBoard).
+Run folder layout: model.keras (the last epoch, or with keep="best" the lowest val loss), backup/
+(BackupAndRestore: the last completed epoch's weights, optimizer state and epoch number, for --resume),
+config.json (resolved options, library versions, data fingerprint, sessions), history.csv (one row per
+epoch), logs/ (TensorBoard).
 
 Multi-worker (TF_CONFIG; docs/scaling.md): only the chief writes that layout. Every other worker runs
 the same callbacks (a save may read variables through collectives, so all workers save alike) into a
@@ -173,7 +174,7 @@ def tensorboard_available() -> bool:
 
 
 def _callbacks(out_dir: Path, backup_dir: Path, best_so_far: float | None, extra: Sequence, *,
-               tensorboard: bool = True) -> list:
+               keep: str = "last", tensorboard: bool = True) -> list:
     import keras
 
     logs = [keras.callbacks.TensorBoard(log_dir=str(out_dir / LOG_DIR))] if tensorboard else []
@@ -181,8 +182,8 @@ def _callbacks(out_dir: Path, backup_dir: Path, best_so_far: float | None, extra
         keras.callbacks.CSVLogger(str(out_dir / HISTORY_FILE), append=True),
         *logs,
         keras.callbacks.ModelCheckpoint(str(out_dir / MODEL_FILE), monitor="val_loss", mode="min",
-                                        save_best_only=True, initial_value_threshold=best_so_far),
-        # Last of ours: an epoch counts as completed only once its CSV row and best model are written.
+                                        save_best_only=keep == "best", initial_value_threshold=best_so_far),
+        # Last of ours: an epoch counts as completed only once its CSV row and model are written.
         keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True, delete_checkpoint=False),
         *extra,
     ]
@@ -284,7 +285,7 @@ def _global_policy(name: str) -> Iterator[None]:
 def _compile(config: TrainConfig, cluster: Cluster, steps: int, element_spec, log: Callable[[str], None]):
     """The model, built and compiled in the strategy's scope (and patched for multi-worker fit)."""
     from bnp_cxr.models import build_model, synchronize_batchnorm
-    from bnp_cxr.training.losses import MaskedL1, default_metrics
+    from bnp_cxr.training.losses import LOSSES, default_metrics
 
     with cluster.strategy.scope():
         model = build_model(config.backbone, config.size, weights=config.weights, dropout=config.dropout,
@@ -294,7 +295,7 @@ def _compile(config: TrainConfig, cluster: Cluster, steps: int, element_spec, lo
             if cluster.chief:
                 log(f"BatchNorm synchronised across replicas in {synchronized} layer(s).")
         # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer; outputs stay float32.
-        model.compile(optimizer=make_optimizer(config, steps), loss=MaskedL1(config.loss_weights),
+        model.compile(optimizer=make_optimizer(config, steps), loss=LOSSES[config.loss](config.loss_weights),
                       metrics=default_metrics(), jit_compile=config.xla)
     if cluster.kind == "multi_worker":
         patch_keras_for_multi_worker(model, element_spec)
@@ -326,7 +327,7 @@ def _fit(model, config: TrainConfig, cluster: Cluster, start: _Start, out_dir: P
     if start.done < config.epochs:
         model.fit(train_data, validation_data=val_data, epochs=config.epochs, steps_per_epoch=steps,
                   shuffle=False, verbose=verbose,
-                  callbacks=_callbacks(out_dir, run_dir / cluster.backup, start.best, callbacks,
+                  callbacks=_callbacks(out_dir, run_dir / cluster.backup, start.best, callbacks, keep=config.keep,
                                        tensorboard=cluster.chief and tensorboard_available()))
     else:
         log(f"{run_dir} already completed {start.done} of {config.epochs} epochs: nothing to train.")
