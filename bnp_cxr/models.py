@@ -21,6 +21,8 @@ import keras
 from keras import layers
 from keras.src.utils import naming
 
+from bnp_cxr.workspace import BACKBONE_NAMES
+
 OUTPUT_NAME = "log10_bnp_bnpp"
 POOL_NAME = "global_pool"
 STEM_NAME = "grayscale_stem"
@@ -114,6 +116,9 @@ BACKBONES: dict[str, Backbone] = {
     "efficientnetv2s": Backbone(_application("EfficientNetV2S", include_preprocessing=True), "raw255"),
     "small_cnn": Backbone(lambda x, weights, imagenet_stem: small_cnn_features(x)),  # for CPUs
 }
+if tuple(BACKBONES) != BACKBONE_NAMES:
+    raise ImportError(f"bnp_cxr.workspace.BACKBONE_NAMES {BACKBONE_NAMES} must list the backbones built here, "
+                      f"{tuple(BACKBONES)}")
 
 
 def _graph(backbone: str, size: int, *, imagenet_stem: bool, download: bool, dropout: float) -> keras.Model:

@@ -21,6 +21,8 @@ LUNGS_DIR = WORK_DIR / "lungs"
 PREDICTIONS_DIR = WORK_DIR / "predictions"
 
 SPLITS = ("train", "val", "test")
+# bnp_cxr.models.BACKBONES builds them; named here so that option parsing and configs need no Keras.
+BACKBONE_NAMES = ("resnet152", "resnet50", "densenet121", "efficientnetv2s", "small_cnn")
 PAPER_SIZES = (64, 128, 256, 512, 1024)  # px, Huynh et al.
 DEFAULT_SIZES = (64, 128, 256)  # px, what a CPU demo writes
 

@@ -74,7 +74,8 @@ def test_tf_logs_env_shows_the_chatter_again(tmp_path):
     assert result.returncode == 2 and chatter_in(result)  # positive control: the patterns match real output
 
 
-@pytest.mark.parametrize("tool", ["make_tfrecords", "evaluate", "predict", "train_lungs", "report", "make_manifest"])
+@pytest.mark.parametrize("tool", ["make_tfrecords", "evaluate", "predict", "train_lungs", "report", "make_manifest",
+                                  "train", "attribute", "sanity_check", "resolution_study"])
 def test_help_and_usage_errors_do_not_load_tensorflow(tool):
     """--help and a bad flag answer before TensorFlow's few seconds of import (and its chatter)."""
     probe = ("import importlib, sys\n"

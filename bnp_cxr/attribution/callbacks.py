@@ -17,10 +17,9 @@ import numpy as np
 import saliency.core as saliency
 import tensorflow as tf
 
+# TARGETS: model output columns (bnp_cxr.models.OUTPUT_NAME): [log10 BNP, log10 BNPP].
+from bnp_cxr.attribution.names import TARGETS
 from bnp_cxr.models import last_conv_layer_name
-
-# Model output columns (bnp_cxr.models.OUTPUT_NAME): [log10 BNP, log10 BNPP].
-TARGETS = {"bnp": 0, "bnpp": 1}
 
 CallModelFunction = Callable[[np.ndarray, Any, Sequence[str]], dict]
 

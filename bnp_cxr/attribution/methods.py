@@ -20,11 +20,7 @@ import saliency.core as saliency
 import tensorflow as tf
 
 from bnp_cxr.attribution.callbacks import ModelGradients, output_index
-
-METHODS = ("vanilla", "gradcam", "xrai")  # the default set of runs, in-lung tables and panels
-# Every saliency.core method that applies (the scorecard's set): SmoothGrad and bnp_cxr.attribution.library_methods.
-ALL_METHODS = METHODS + ("smoothgrad", "ig", "blur_ig", "guided_ig", "occlusion")
-XRAI_IMPLS = ("fast", "reference")
+from bnp_cxr.attribution.names import ALL_METHODS, METHODS, XRAI_IMPLS  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 
 from bnp_cxr.attribution.methods import METHODS, MethodConfig
+from bnp_cxr.attribution.names import AGGREGATE
 from bnp_cxr.attribution.sample import SampleImage, choose_sample, load_sample, record_image_ids, shard_slice
 from bnp_cxr.files import atomic_path, write_json
 from bnp_cxr.records.standardize import run_standardization
 from bnp_cxr.workspace import RECORDS_DIR, RunDir
 
 PER_IMAGE = "in_lung_per_image.csv"
-AGGREGATE = "in_lung.csv"
 SHARD_GLOB = "in_lung_per_image.shard-*-of-*.csv"
 ID_COLUMNS = ("run", "size", "method", "target", "image_id", "patient_id", "positive", "true_log10_bnpp",
               "pred_log10_bnp", "pred_log10_bnpp", "lung_mask_source")

@@ -46,7 +46,7 @@ def parse_ig_steps(text: str) -> int | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bnp_cxr.attribution.methods import ALL_METHODS, METHODS
+    from bnp_cxr.attribution.names import ALL_METHODS, METHODS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, default=RUNS_DIR, help="folder of run folders (default: %(default)s)")
@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --help and usage errors answer before TensorFlow loads
     quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
-    args = build_parser().parse_args(argv)
     if args.scorecard:
         return scorecard_main(args, argv)
     if args.ig_steps == "auto":

@@ -23,7 +23,7 @@ from bnp_cxr.workspace import (ATTRIBUTION_DIR, COHORT_DIR, DEFAULT_SIZES, RECOR
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bnp_cxr.attribution.run import AGGREGATE
+    from bnp_cxr.attribution.names import AGGREGATE
     from bnp_cxr.training.arguments import add_training_arguments
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,8 +71,8 @@ def in_lung_columns(path: Path, runs_root: Path, sizes: list[int]) -> dict[int, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --help and usage errors answer before TensorFlow loads
     quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
-    args = build_parser().parse_args(argv)
     from bnp_cxr.data.manifest import ManifestError
     from bnp_cxr.evaluation.study import (missing_records, records_command, run_study, shared_settings,
                                           write_phantom_records, write_report)

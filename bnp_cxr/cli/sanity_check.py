@@ -20,8 +20,7 @@ from bnp_cxr.workspace import RUNS_DIR, SANITY_DIR, SPLITS, RunDir
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bnp_cxr.attribution.callbacks import TARGETS
-    from bnp_cxr.attribution.methods import METHODS, XRAI_IMPLS
+    from bnp_cxr.attribution.names import METHODS, TARGETS, XRAI_IMPLS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, action="append", dest="runs",
@@ -47,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --help and usage errors answer before TensorFlow loads
     quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
-    args = build_parser().parse_args(argv)
     if args.n < 1:
         print(f"error: --n must be >= 1, got {args.n}", file=sys.stderr)
         return 2

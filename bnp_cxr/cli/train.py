@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --help and usage errors answer before TensorFlow loads
     quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
-    args = build_parser().parse_args(argv)
     from bnp_cxr.models import WeightsDownloadError
     from bnp_cxr.training import make_config, train
     from bnp_cxr.training.arguments import training_options

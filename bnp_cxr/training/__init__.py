@@ -1,11 +1,26 @@
 """Training: masked L1 / L2 losses and metrics, the run configuration, and the training loop (tools/train.py).
 
-`losses` needs only Keras; `config` and `loop` import TensorFlow lazily where they need it.
+Names are imported on first use (PEP 562), so that `bnp_cxr.training.config` and `.arguments` (what a
+command line needs to parse) load without Keras or TensorFlow; `losses` and `loop` bring them in.
 """
 
-from bnp_cxr.training.config import PRESETS, TrainConfig, make_config, resolve
-from bnp_cxr.training.loop import TrainResult, train
-from bnp_cxr.training.losses import MaskedL1, MaskedL2, MaskedMAE, ThresholdAUC, default_metrics, load_compiled_model
+from __future__ import annotations
 
-__all__ = ["PRESETS", "MaskedL1", "MaskedL2", "MaskedMAE", "ThresholdAUC", "TrainConfig", "TrainResult",
-           "default_metrics", "load_compiled_model", "make_config", "resolve", "train"]
+import importlib
+
+_HOMES = {"PRESETS": "config", "TrainConfig": "config", "make_config": "config", "resolve": "config",
+          "TrainResult": "loop", "train": "loop",
+          "MaskedL1": "losses", "MaskedL2": "losses", "MaskedMAE": "losses", "ThresholdAUC": "losses",
+          "default_metrics": "losses", "load_compiled_model": "losses"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

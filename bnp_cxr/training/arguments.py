@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from bnp_cxr.models import BACKBONES
 from bnp_cxr.records.standardize import STANDARDIZATIONS
 from bnp_cxr.training.config import (CPU_STANDARDIZE, KEEP, LOSS_NAMES, MIXED_PRECISION, OPTIMIZERS, PRESETS, SCHEDULES,
                                     TrainConfig)
-from bnp_cxr.workspace import RECORDS_DIR, RUNS_DIR
+from bnp_cxr.workspace import BACKBONE_NAMES, RECORDS_DIR, RUNS_DIR
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, *, per_run: bool = True, title: str | None = None) -> None:
@@ -21,7 +20,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, per_run: bool = T
     options.add_argument("--records", dest="records_dir", help=f"records folder (default: {RECORDS_DIR})")
     if per_run:
         options.add_argument("--size", type=int, help=f"image size in px; records must exist at it (default: {d.size})")
-    options.add_argument("--backbone", choices=sorted(BACKBONES),
+    options.add_argument("--backbone", choices=sorted(BACKBONE_NAMES),
                          help="default: small_cnn without a GPU, resnet152 with one")
     options.add_argument("--weights", help="imagenet, none, or a .weights.h5 / .keras file (default: none)")
     options.add_argument("--epochs", type=int, help=f"default: {d.epochs}")

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from bnp_cxr.models import BACKBONES
 from bnp_cxr.records.standardize import STANDARDIZATIONS
-from bnp_cxr.workspace import RECORDS_DIR, RUNS_DIR, RunDir
+from bnp_cxr.workspace import BACKBONE_NAMES, RECORDS_DIR, RUNS_DIR, RunDir
 
 DEFAULT_RECORDS = str(RECORDS_DIR)
 DEFAULT_RUNS = str(RUNS_DIR)
@@ -80,8 +79,8 @@ class TrainConfig:
         problems = []
         if self.size < 32:
             problems.append(f"size must be >= 32 px, got {self.size}")
-        if self.backbone is not None and self.backbone not in BACKBONES:
-            problems.append(f"backbone must be one of {sorted(BACKBONES)}, got {self.backbone!r}")
+        if self.backbone is not None and self.backbone not in BACKBONE_NAMES:
+            problems.append(f"backbone must be one of {sorted(BACKBONE_NAMES)}, got {self.backbone!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.shuffle_buffer < 1:
             problems.append("epochs, batch_size and shuffle_buffer must be >= 1")
         if not self.lr > 0:
