@@ -50,6 +50,7 @@ RECIPES: dict[str, dict] = {
     "no_augment": {"augment": False},
     "epochs40": {"epochs": 40},
     "adamw": {"optimizer": "adamw", "weight_decay": 1e-4},
+    "batch16": {"batch_size": 16},  # twice the optimiser steps in the same epochs
     "keep_best": {"keep": "best"},  # model.keras = the lowest val loss instead of the last epoch
     "l2": {"loss": "l2"},  # squared error instead of the paper's L1
     # initialised from the default recipe trained on a larger phantom cohort (phantom_checkpoint): its
