@@ -157,7 +157,7 @@ def test_two_workers_train_once_and_the_chief_saves_the_run(records, tmp_path):
     assert "1 of 1 epochs done; best val loss" in chief.stdout
     assert "the chief writes" in worker.stdout and "[worker1]" in worker.stdout
     assert "leaves out the last 1 val image" in chief.stdout
-    # Only the chief evaluates the best model on the test split.
+    # Only the chief evaluates the saved model on the test split.
     assert json.loads((run_dir / "metrics.json").read_text())["split"] == "test"
     assert "test split" in chief.stdout and "test split" not in worker.stdout
 

@@ -399,7 +399,7 @@ def test_cli_trains_with_default_backbone_and_refuses_to_clobber(records, tmp_pa
     n_gpus = gpus_visible()  # the CLI's subprocess sees the same devices
     expected = f"{n_gpus} GPU(s) visible: using resnet152" if n_gpus else "no GPU visible: using small_cnn"
     assert expected in first.stdout
-    assert "1 of 1 epochs done" in first.stdout
+    assert "1 of 1 epochs done" in first.stdout and "model (last epoch)" in first.stdout
     run_dir = tmp_path / "work" / "runs" / "size64"
     assert (run_dir / MODEL_FILE).is_file() and (run_dir / "config.json").is_file()
     with open(run_dir / HISTORY_FILE) as handle:

@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{result.run_dir} and evaluates")
         return 0
     best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
+    kept = "last epoch" if result.config.keep == "last" else "lowest val loss"
     print(f"{result.epochs_completed} of {result.config.epochs} epochs done; best val loss {best}; "
-          f"best model {result.model_path}")
+          f"model ({kept}) {result.model_path}")
     from bnp_cxr.evaluation.report import command_line, record_command
 
     record_command(result.run_dir, "train", command_line("train", argv))  # provenance in the run's report

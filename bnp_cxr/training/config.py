@@ -69,7 +69,7 @@ class TrainConfig:
     loss_weights: tuple[float, float] = (1.0, 1.0)  # [BNP, BNPP]
     dropout: float = 0.2
     # last: the final epoch, where the cosine schedule has annealed the rate to 0; best: the lowest val loss,
-    # which on a val split of ~100 images picks an epoch by noise (bench/nih_recipe.py, recipe keep_best).
+    # which on a val split of ~140 images picks an epoch partly by chance (bench/keep_epoch.py).
     keep: str = "last"
     cache: bool = False  # keep the serialised records in memory after the first epoch
     shuffle_buffer: int = 1024
