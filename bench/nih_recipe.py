@@ -49,6 +49,7 @@ RECIPES: dict[str, dict] = {
     # ablations of the default, one ingredient each
     "no_augment": {"augment": False},
     "epochs40": {"epochs": 40},
+    "epochs60": {"epochs": 60},
     "adamw": {"optimizer": "adamw", "weight_decay": 1e-4},
     "batch16": {"batch_size": 16},  # twice the optimiser steps in the same epochs
     "keep_best": {"keep": "best"},  # model.keras = the lowest val loss instead of the last epoch
