@@ -13,8 +13,8 @@ recipes, seeds or folds. Recipe phantom_init first trains the default recipe on 
 (rendered under work/, about 6 GB) and starts from that model.
 
     python bench/nih_recipe.py --size 256 --recipes default --name nih_recipe256  # 5-fold CV, mean +- sd
-    python bench/nih_recipe.py --size 128 --folds 0 --seeds 0 1 --recipes default keep_best before l2 \\
-        phantom_init no_augment --name nih_ablation                              # one split, 2 seeds each
+    python bench/nih_recipe.py --size 128 --folds 0 --seeds 0 1 --recipes default keep_best l2 phantom_init \\
+        --name nih_ablation                                                      # one split, 2 seeds each
 
 With several --seeds, every (recipe, fold) also gets an "ensemble" row: the mean of the seeds' predicted
 log10 BNP / BNPP per image, scored by the same metrics (an ensemble of the seeds' models).
