@@ -21,21 +21,20 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from common import report  # noqa: E402
+from nih_recipe import score_row  # noqa: E402
 
 BACKUP_WEIGHTS = Path("backup") / "latest.weights.h5"  # in a run folder (training.loop: BackupAndRestore)
 
 
 def score(model, config: dict, n_boot: int) -> dict:
-    """AUC of the combined label on the run's test split, with its patient-bootstrap CI."""
+    """AUC of the combined label on the run's test split, with its patient-bootstrap CI (nih_recipe's columns)."""
     from bnp_cxr.evaluation import metrics
     from bnp_cxr.evaluation.evaluate import predict_split
-    from bnp_cxr.evaluation.study import format_entry
     from bnp_cxr.records.standardize import run_standardization
 
     table = predict_split(model, config["records_dir"], "test", int(config["size"]),
                           standardize=run_standardization(config))
-    auc = metrics.compute_metrics(table, n_boot=n_boot)["metrics"]["auc_combined"]
-    return {"auc": auc["estimate"], "auc_text": format_entry(auc), "n_test": len(table)}
+    return score_row(metrics.compute_metrics(table, n_boot=n_boot))
 
 
 def compare(run_dir: Path, n_boot: int) -> dict:

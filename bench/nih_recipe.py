@@ -136,7 +136,8 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
     if options.get("weights") == "phantom":
         options["weights"] = str(phantom_checkpoint(args.work, size, args.workers))
     # Every option with the defaults filled in: a run trained under other defaults is not reused.
-    key = {"config": make_config(options).to_json(), "n_boot": args.n_boot,
+    config = make_config(options)
+    key = {"config": config.to_json(), "n_boot": args.n_boot,
            "records_sha256": data_fingerprint(records, size)["sha256"]}
     saved = run_dir / BENCH_ROW
     if saved.is_file() and not args.fresh:
@@ -146,7 +147,7 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
     if run_dir.exists():
         shutil.rmtree(run_dir)
     started = time.perf_counter()
-    result = train(make_config(options), verbose=0, log=lambda _: None)
+    result = train(config, verbose=0, log=lambda _: None)
     train_min = (time.perf_counter() - started) / 60
     evaluation = evaluate_run(run_dir, records, split="test", n_boot=args.n_boot)
     row = {"recipe": name, "fold": fold, "seed": seed, "size_px": size, "epochs": result.config.epochs,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bnp_cxr.evaluation.report_render import CALIBRATION_PLOT
+from bnp_cxr.training.config import SAVED_BEFORE_OPTIONS, TrainConfig
 
 WORST_ERRORS = 5
 # Topic -> where this report covers it; "" = for the authors (a pipeline cannot know it).
@@ -139,9 +140,10 @@ def model_section(facts) -> list:
             "weight_decay", "dropout", "augment", "standardize", "loss", "loss_weights", "keep", "mixed_precision",
             "seed")
     rows = [[key, _fmt(config.get(key))] for key in keys if key in config]
-    # config.json of runs from before the loss / keep options: L1, best epoch (TrainConfig.from_json)
-    loss = {"l1": "masked L1", "l2": "masked squared error"}.get(config.get("loss", "l1"), config.get("loss"))
-    kept = ("the last epoch" if config.get("keep", "best") == "last"
+    # a config.json from before the loss / keep options reads as what that run was trained with
+    loss_name = config.get("loss", TrainConfig.loss)
+    loss = {"l1": "masked L1", "l2": "masked squared error"}.get(loss_name, loss_name)
+    kept = ("the last epoch" if config.get("keep", SAVED_BEFORE_OPTIONS["keep"]) == "last"
             else "the epoch with the lowest validation loss")
     blocks = [["h", 2, "Model and training"],
               ["p", f"One model (no ensemble): `{config.get('backbone')}` reading a {config.get('size')} px grayscale "

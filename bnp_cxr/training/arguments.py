@@ -51,12 +51,12 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, per_run: bool = T
                          help="per-image intensity standardisation of the model input inside the content box "
                               f"(default: {CPU_STANDARDIZE} with the CPU backbone, none otherwise)")
     options.add_argument("--loss", choices=LOSS_NAMES,
-                         help="l1 (the paper's) or l2 (squared error) on the log10 labels (default: l1)")
+                         help=f"l1 (the paper's) or l2 (squared error) on the log10 labels (default: {d.loss})")
     options.add_argument("--loss-weights", type=float, nargs=2, metavar=("BNP", "BNPP"),
                          help="weights of the two outputs in the loss (default: 1 1)")
     options.add_argument("--keep", choices=KEEP,
-                         help="which epoch model.keras holds: the last (default) or the one with the lowest val loss "
-                              "(the paper preset's)")
+                         help="which epoch model.keras holds: the last or the one with the lowest val loss (the "
+                              f"paper preset's); default: {d.keep}")
     options.add_argument("--dropout", type=float, help=f"dropout before the output layer (default: {d.dropout})")
     options.add_argument("--cache", action=argparse.BooleanOptionalAction,
                          help="cache records in memory (default: off)")

@@ -35,6 +35,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"backbone": "resnet152", "weights": "imagenet", "loss": "l1", "loss_weights": (1.0, 1.0), "lr": 1e-4,
               "schedule": "constant", "keep": "best"},
 }
+# What a config.json saved before these options existed was trained with (from_json, the run report).
+SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best"}
 # Options that define what a run learns: a resumed run must keep them (epochs may grow).
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
@@ -139,10 +141,7 @@ class TrainConfig:
         kept = {key: value for key, value in values.items() if key in names}
         if "loss_weights" in kept:
             kept["loss_weights"] = tuple(kept["loss_weights"])
-        # runs saved before these options existed were trained without CLAHE and kept their best epoch
-        kept.setdefault("standardize", "none")
-        kept.setdefault("keep", "best")
-        return cls(**kept)
+        return cls(**{**SAVED_BEFORE_OPTIONS, **kept})
 
 
 def make_config(options: Mapping[str, Any], *, preset: str | None = None, resume: bool = False) -> TrainConfig:
