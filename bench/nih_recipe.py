@@ -10,7 +10,7 @@ label (= heart-failure signs) with a patient-bootstrap CI, plus predicted BNPP a
 Records and runs stay under work/ (never commit them: they derive from the images); a run that finished
 with the same options (defaults included) is reused (--fresh retrains it), so a benchmark can grow by
 recipes, seeds or folds. Recipe phantom_init first trains the default recipe on a larger phantom cohort
-(rendered under work/, about 6 GB) and starts from that model.
+(rendered under work/, several GB of DICOMs) and starts from that model.
 
     python bench/nih_recipe.py --size 256 --recipes default --name nih_recipe256  # 5-fold CV, mean +- sd
     python bench/nih_recipe.py --size 128 --folds 0 --seeds 0 1 --recipes default keep_best l2 phantom_init \\
@@ -58,7 +58,7 @@ RECIPES: dict[str, dict] = {
     # synthetic oedema, effusion and cardiac enlargement as supervised pretraining
     "phantom_init": {"weights": "phantom"},
 }
-# The pretraining cohort of phantom_init: 1,600 images, about 6 GB of DICOMs under work/, 3 min to render on 2 cores.
+# The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}
 FINDINGS = ("cardiomegaly", "edema", "effusion")
 BENCH_ROW = "bench_row.json"  # in a finished run folder: its options and result row, for reuse
