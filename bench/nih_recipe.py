@@ -9,11 +9,14 @@ unchanged pipeline (write_records -> train -> evaluate_run) and scored by the te
 label (= heart-failure signs) with a patient-bootstrap CI, plus predicted BNPP against each finding.
 Records and runs stay under work/ (never commit them: they derive from the images); a run that finished
 with the same options (defaults included) is reused (--fresh retrains it), so a benchmark can grow by
-recipes, seeds or folds. Recipe phantom_init first trains the default recipe on a larger phantom cohort
-(rendered under work/, several GB of DICOMs) and starts from that model.
+recipes, seeds or folds. Recipe phantom_init first trains one model of the default recipe on a larger
+phantom cohort (rendered under work/, several GB of DICOMs) and starts from that model.
 
-    python bench/nih_recipe.py --size 256 --recipes default --name nih_recipe256  # 5-fold CV, mean +- sd
-    python bench/nih_recipe.py --size 128 --folds 0 --seeds 0 1 --recipes default keep_best l2 phantom_init \\
+The default recipe on a CPU is an ensemble (training.ensemble): its row scores the saved ensemble model,
+and its member_aucs score each member alone, so one training gives both the ensemble and its single models.
+
+    python bench/nih_recipe.py --size 128 --recipes default --name nih_ensemble5  # 5-fold CV, mean +- sd
+    python bench/nih_recipe.py --size 128 --folds 0 --seeds 0 1 --recipes single keep_best l2 phantom_init \\
         --name nih_ablation                                                      # one split, 2 seeds each
 
 With several --seeds, every (recipe, fold) also gets an "ensemble" row: the mean of the seeds' predicted
@@ -42,21 +45,22 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "nih"
 N_FOLDS, FOLD_SEED, VAL_FRACTION = 5, 0, 0.125
 # TrainConfig options over the defaults; "default" is whatever `python tools/train.py` resolves to on a CPU.
 RECIPES: dict[str, dict] = {
-    # the CPU default before the real-image work: plain window, model.keras = the lowest val loss
-    "before": {"backbone": "small_cnn", "standardize": "none", "keep": "best"},
-    "clahe": {"backbone": "small_cnn", "standardize": "clahe"},
-    "default": {},
-    # ablations of the default, one ingredient each
-    "no_augment": {"augment": False},
-    "epochs40": {"epochs": 40},
-    "epochs60": {"epochs": 60},
-    "adamw": {"optimizer": "adamw", "weight_decay": 1e-4},
-    "batch16": {"batch_size": 16},  # twice the optimiser steps in the same epochs
-    "keep_best": {"keep": "best"},  # model.keras = the lowest val loss instead of the last epoch
-    "l2": {"loss": "l2"},  # squared error instead of the paper's L1
-    # initialised from the default recipe trained on a larger phantom cohort (phantom_checkpoint): its
+    "default": {},  # on a CPU: the ensemble of CPU_MEMBERS small CNNs (training.ensemble)
+    # single models (members 1): the CPU default before the real-image work (plain window, model.keras = the
+    # lowest val loss), then one ingredient each
+    "before": {"backbone": "small_cnn", "standardize": "none", "keep": "best", "members": 1},
+    "single": {"members": 1},  # one model of the default recipe (the default before ensembles)
+    "clahe": {"backbone": "small_cnn", "standardize": "clahe", "members": 1},
+    "no_augment": {"augment": False, "members": 1},
+    "epochs40": {"epochs": 40, "members": 1},
+    "epochs60": {"epochs": 60, "members": 1},
+    "adamw": {"optimizer": "adamw", "weight_decay": 1e-4, "members": 1},
+    "batch16": {"batch_size": 16, "members": 1},  # twice the optimiser steps in the same epochs
+    "keep_best": {"keep": "best", "members": 1},  # model.keras = the lowest val loss instead of the last epoch
+    "l2": {"loss": "l2", "members": 1},  # squared error instead of the paper's L1
+    # initialised from the single-model recipe trained on a larger phantom cohort (phantom_checkpoint): its
     # synthetic oedema, effusion and cardiac enlargement as supervised pretraining
-    "phantom_init": {"weights": "phantom"},
+    "phantom_init": {"weights": "phantom", "members": 1},
 }
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}
@@ -116,7 +120,8 @@ def phantom_checkpoint(work: Path, size: int, workers: int) -> Path:
     write_records(load_manifest(cohort / "manifest.csv", cohort / "labs.csv"), records,
                   IngestConfig(sizes=(size,), workers=workers, resume=True, progress=False))
     # resume: a finished run trains nothing, an interrupted one goes on
-    train(make_config({"records_dir": str(records), "size": size, "run_dir": str(run_dir.path)}, resume=True),
+    train(make_config({"records_dir": str(records), "size": size, "run_dir": str(run_dir.path), "members": 1},
+                      resume=True),
           verbose=0, log=lambda _: None)
     return run_dir.model
 
@@ -130,6 +135,7 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
     from bnp_cxr.evaluation.evaluate import evaluate_run
     from bnp_cxr.training import make_config, train
     from bnp_cxr.training.loop import data_fingerprint
+    from bnp_cxr.workspace import RunDir
 
     options = {"records_dir": str(records), "size": size, "seed": seed, "run_dir": str(run_dir),
                **({"epochs": args.epochs} if args.epochs else {}), **RECIPES[name]}
@@ -152,7 +158,11 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
     evaluation = evaluate_run(run_dir, records, split="test", n_boot=args.n_boot)
     row = {"recipe": name, "fold": fold, "seed": seed, "size_px": size, "epochs": result.config.epochs,
            "standardize": result.config.standardize, "keep": result.config.keep, "loss": result.config.loss,
-           "train_min": round(train_min, 1), **score_row(evaluation)}
+           "members": result.config.members, "train_min": round(train_min, 1), **score_row(evaluation)}
+    if result.config.members > 1:  # each member alone too: single models and their ensemble from one training
+        row["member_aucs"] = [score_row(evaluate_run(RunDir(run_dir).member(k).path, records, split="test",
+                                                     n_boot=args.n_boot))["auc"]
+                              for k in range(result.config.members)]
     saved.write_text(json.dumps({**key, "row": row}, indent=2) + "\n")
     return row
 
@@ -206,6 +216,10 @@ def summarise(rows: list[dict]) -> dict:
         summary[name] = {"models": len(aucs), "auc_mean": statistics.fmean(aucs),
                          "auc_sd": statistics.stdev(aucs) if len(aucs) > 1 else None,
                          "train_min_mean": statistics.fmean(row["train_min"] for row in single)}
+        members = [auc for row in single for auc in row.get("member_aucs", [])]
+        if members:  # an ensemble recipe: its members scored alone
+            summary[name].update({"member_models": len(members), "member_auc_mean": statistics.fmean(members),
+                                  "member_auc_sd": statistics.stdev(members) if len(members) > 1 else None})
         if ensembles:
             summary[name].update({"ensembles": len(ensembles), "ensemble_auc_mean": statistics.fmean(ensembles),
                                   "ensemble_auc_sd": statistics.stdev(ensembles) if len(ensembles) > 1 else None})
@@ -251,8 +265,8 @@ def main() -> None:
                                                      f"{FOLD_SEED}; val {VAL_FRACTION:g} of the other patients",
                        "recipes": {name: RECIPES[name] for name in args.recipes}, "seeds": args.seeds,
                        "summary": summarise(rows), "load_average": os.getloadavg()},
-           rows, ["recipe", "fold", "seed", "size_px", "epochs", "standardize", "keep", "train_min", "n_test",
-                  "auc_text", "auc_cardiomegaly", "auc_edema", "auc_effusion"])
+           rows, ["recipe", "fold", "seed", "size_px", "members", "epochs", "standardize", "keep", "train_min",
+                  "n_test", "auc_text", "auc_cardiomegaly", "auc_edema", "auc_effusion"])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Huynh et al. (MIDL 2022) fine-tune an ImageNet ResNet152; resnet50, densenet121 
 from `keras.applications` are offered as alternatives, and `small_cnn` trains on a laptop CPU.
 Every model is ONE flat functional graph: the backbone is built on our input tensor
 (`input_tensor=`) and the final Model is made from the flattened tensors, so each conv layer is
-addressable with `model.get_layer(name)`, which Grad-CAM needs (no nested sub-Model).
+addressable with `model.get_layer(name)`, which Grad-CAM needs (no nested sub-Model). An ensemble
+(`ensemble_model`) is flat too: its members' layers side by side, their feature maps concatenated.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import io
 import json
 import urllib.error
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import keras
+import numpy as np
 from keras import layers
 from keras.src.utils import naming
 
@@ -182,6 +185,55 @@ def build_model(backbone: str, size: int, *, weights: str | None = None, dropout
             log(f"Weights from {path} ({'3' if imagenet_stem else '1'}-channel stem): {report}")
         return model
     raise ValueError(f"{path} does not fit a {backbone} model at {size} px: " + " | ".join(errors))
+
+
+ENSEMBLE_FEATURES = "ensemble_features"
+
+
+def member_prefix(index: int) -> str:
+    """The layer-name prefix of member `index` in an ensemble model."""
+    return f"member{index}_"
+
+
+def ensemble_model(members: Sequence[keras.Model]) -> keras.Model:
+    """One flat model whose output is the mean of the members' outputs (same architecture and input size).
+
+    Each member's layers are cloned with a `member{k}_` prefix onto one input; their last feature maps are
+    concatenated (ENSEMBLE_FEATURES, the global pool's input, so Grad-CAM reads every member at once) and
+    one Dense layer holds the members' output weights stacked and divided by their count: at inference
+    GAP and Dense are linear, so the output equals the mean of the members' predictions.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    shapes = {tuple(member.inputs[0].shape[1:]) for member in members}
+    if len(shapes) > 1:
+        raise ValueError(f"ensemble members differ in input shape: {sorted(shapes)}")
+    image = keras.Input(shapes.pop(), name="image", dtype="float32")
+    features, kernels, biases = [], [], []
+    for index, member in enumerate(members):
+        try:
+            head = member.get_layer(OUTPUT_NAME)
+            pool_input = member.get_layer(POOL_NAME).input
+        except ValueError as error:
+            raise ValueError(f"member {index} ({member.name}) is not a bnp_cxr model: {error}") from None
+        prefix = member_prefix(index)
+        clone = keras.models.clone_model(
+            member, input_tensors=image,
+            clone_function=lambda layer, prefix=prefix: layer.__class__.from_config(
+                {**layer.get_config(), "name": prefix + layer.name}))
+        for layer in member.layers:
+            if layer.weights:
+                clone.get_layer(prefix + layer.name).set_weights(layer.get_weights())
+        features.append(clone.get_layer(prefix + pool_input._keras_history.operation.name).output)
+        kernel, bias = head.get_weights()
+        kernels.append(kernel)
+        biases.append(bias)
+    x = layers.Concatenate(name=ENSEMBLE_FEATURES)(features) if len(features) > 1 else features[0]
+    x = layers.GlobalAveragePooling2D(name=POOL_NAME)(x)
+    head = layers.Dense(2, activation="linear", dtype="float32", name=OUTPUT_NAME)
+    outputs = head(x)
+    head.set_weights([np.concatenate(kernels) / len(members), np.mean(biases, axis=0)])
+    return keras.Model(image, outputs, name=f"ensemble{len(members)}_{members[0].name}")
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ class RunDir:
     PREDICTIONS = "predictions.csv"  # one row per test image
     LOGS = "logs"  # TensorBoard
     BACKUP = "backup"  # BackupAndRestore state for --resume
+    MEMBERS = "members"  # an ensemble's member runs, members/member{k}/, each a run folder of this layout
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
@@ -80,6 +81,10 @@ class RunDir:
     metrics = _member(METRICS)
     predictions = _member(PREDICTIONS)
     logs = _member(LOGS)
+
+    def member(self, index: int) -> "RunDir":
+        """The run folder of an ensemble's member `index` (0-based): members/member{index}."""
+        return RunDir(self.path / self.MEMBERS / f"member{int(index)}")
 
     def is_trained(self) -> bool:
         """Whether the folder holds a model and its config (a finished or interrupted run)."""

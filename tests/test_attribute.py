@@ -42,6 +42,25 @@ def attribute(cohort: Path, out: Path, *extra: str) -> int:
                                         "--split", "train", "--n-boot", "1000", "--no-progress", *extra])
 
 
+def test_attribute_explains_an_ensemble_run(cohort, tmp_path):
+    """The CPU recipe's model (training.ensemble): every method runs on it, Grad-CAM on all members' features."""
+    import keras
+
+    from bnp_cxr.models import build_model, ensemble_model
+
+    members = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        members.append(build_model("small_cnn", SIZES[0]))
+    run = write_run(tmp_path / "runs" / "ensemble", ensemble_model(members), SIZES[0], cohort / "records",
+                    backbone="small_cnn", members=2)
+    out = tmp_path / "attribution"
+    assert load_tool("attribute").main(["--run", str(run), "--out", str(out), "--n", "2", "--split", "train",
+                                        "--n-boot", "1000", "--no-progress", "--no-panels"]) == 0
+    per_image = pd.read_csv(out / "in_lung_per_image.csv")
+    assert len(per_image) == 2 * 3 and per_image["mass_in_lung_fraction"].between(0, 1).all()
+
+
 def test_attribute_writes_maps_tables_and_panels(cohort, tmp_path, capsys):
     out = tmp_path / "attribution"
     assert attribute(cohort, out) == 0

@@ -171,7 +171,8 @@ def test_train_killed_mid_epoch_resumes_from_the_last_completed_epoch(heart_arch
 
     run, log, epochs = RunDir(tmp_path / "run"), tmp_path / "train.log", 3
     command = [sys.executable, str(ROOT / "tools" / "train.py"), "--records", str(heart_archive), "--run-dir",
-               str(run.path), "--size", "64", "--backbone", "small_cnn", "--epochs", str(epochs), "--batch-size", "4",
+               str(run.path), "--size", "64", "--backbone", "small_cnn", "--members", "1", "--epochs", str(epochs),
+               "--batch-size", "4",
                "--verbose", "2", "--no-evaluate"]
 
     def backed_up() -> int:

@@ -290,8 +290,8 @@ def test_end_to_end_and_no_mimic_identifier_leaves_the_manifest(mini, tmp_path):
     assert {split: counts["written"] for split, counts in summary["per_split"].items()} == {
         split: counts["images"] for split, counts in flow["splits"].items() if counts["images"]}
     assert {"edema", "cardiomegaly", "effusion"} <= set(summary["finding_columns"])
-    run_tool("train.py", "--records", "records", "--size", "64", "--backbone", "small_cnn", "--epochs", "1",
-             "--batch-size", "8", "--run-dir", "run", "--no-evaluate", "--verbose", "0", cwd=tmp_path)
+    run_tool("train.py", "--records", "records", "--size", "64", "--backbone", "small_cnn", "--members", "1",
+             "--epochs", "1", "--batch-size", "8", "--run-dir", "run", "--no-evaluate", "--verbose", "0", cwd=tmp_path)
     run_tool("evaluate.py", "--size", "64", "--run-dir", "run", "--records", "records", "--split", "train",
              "--n-boot", "1000", cwd=tmp_path)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -109,8 +109,8 @@ def run_workers(records: Path, run_dir: Path, temp: Path, *extra: str) -> list[s
     """tools/train.py as worker 0 (the chief) and worker 1 of a 2-worker cluster; both killed on a timeout."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     args = [sys.executable, str(ROOT / "tools" / "train.py"), "--records", str(records), "--size", "64",
-            "--backbone", "small_cnn", "--epochs", "1", "--batch-size", "8", "--run-dir", str(run_dir),
-            "--verbose", "2", "--n-boot", "1000", *extra]
+            "--backbone", "small_cnn", "--members", "1", "--epochs", "1", "--batch-size", "8",
+            "--run-dir", str(run_dir), "--verbose", "2", "--n-boot", "1000", *extra]
     processes = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
@@ -216,7 +216,7 @@ def test_precision_and_xla_train_one_epoch(records, tmp_path, mixed_precision, x
     from bnp_cxr.models import load_model
 
     capture = Capture()
-    config = make_config({"records_dir": str(records), "size": 64, "backbone": "small_cnn", "epochs": 1,
+    config = make_config({"records_dir": str(records), "size": 64, "backbone": "small_cnn", "members": 1, "epochs": 1,
                           "batch_size": 8, "run_dir": str(tmp_path / "run"), "mixed_precision": mixed_precision,
                           "xla": xla, "augment": False})
     result = train(config, callbacks=[capture], verbose=0, log=lambda _: None)

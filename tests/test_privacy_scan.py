@@ -49,7 +49,8 @@ def outputs(archive, tmp_path_factory):
     run_tool("make_tfrecords", "--manifest", str(archive.manifest), "--labs", str(archive.labs), "--out",
              str(records), "--sizes", str(SIZE), "--shard-size", "8", "--workers", "0", "--no-progress",
              logs=logs, cwd=out)
-    run_tool("train", "--records", str(records), "--size", str(SIZE), "--backbone", "small_cnn", "--epochs", "1",
+    run_tool("train", "--records", str(records), "--size", str(SIZE), "--backbone", "small_cnn", "--members", "1",
+             "--epochs", "1",
              "--batch-size", "4", "--run-dir", str(run_dir), "--n-boot", "1000", "--verbose", "2", logs=logs, cwd=out)
     run_tool("evaluate", "--run-dir", str(run_dir), "--records", str(records), "--size", str(SIZE), "--split", "val",
              "--n-boot", "1000", logs=logs, cwd=out)

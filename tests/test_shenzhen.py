@@ -167,8 +167,8 @@ def test_pipeline_learns_tb_from_real_radiographs(tmp_path):
              "--no-progress", cwd=tmp_path)
     summary = json.loads((tmp_path / "records" / "summary.json").read_text())
     assert summary["written"] == 566 and summary["rejected"] == 0
-    run_tool("train.py", "--records", "records", "--size", str(SIZE), "--backbone", "small_cnn", "--epochs",
-             str(EPOCHS), "--run-dir", "run", "--no-evaluate", "--verbose", "0", cwd=tmp_path)
+    run_tool("train.py", "--records", "records", "--size", str(SIZE), "--backbone", "small_cnn", "--members", "1",
+             "--epochs", str(EPOCHS), "--run-dir", "run", "--no-evaluate", "--verbose", "0", cwd=tmp_path)
     run_tool("evaluate.py", "--size", str(SIZE), "--run-dir", "run", "--n-boot", "1000", cwd=tmp_path)
     result = json.loads((tmp_path / "run" / "metrics.json").read_text())
     auc = result["metrics"]["auc_bnpp_gt_400"]

@@ -100,7 +100,7 @@ def records(tmp_path_factory):
 
 
 def tiny_options(records, **changes) -> dict:
-    return {"records_dir": str(records), "backbone": "small_cnn", "epochs": 1, "batch_size": 8,
+    return {"records_dir": str(records), "backbone": "small_cnn", "members": 1, "epochs": 1, "batch_size": 8,
             "shuffle_buffer": 32, **changes}
 
 

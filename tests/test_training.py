@@ -17,11 +17,12 @@ from sklearn.metrics import roc_auc_score
 from archives import heart_records
 from bnp_cxr.records.reader import make_dataset
 from bnp_cxr.training import MaskedL1, MaskedL2, MaskedMAE, ThresholdAUC, TrainConfig, make_config, resolve, train
-from bnp_cxr.training.config import gpus_visible, identity_mismatches
+from bnp_cxr.training.config import CPU_MEMBERS, gpus_visible, identity_mismatches
 from bnp_cxr.training.loop import (BACKUP_DIR, HISTORY_FILE, MODEL_FILE, completed_epochs, data_fingerprint,
                                    learning_rate, read_history, strategy_kind,
                                    tensorboard_available)
 from bnp_cxr.training.optimizers import make_optimizer
+from bnp_cxr.workspace import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN = math.nan
@@ -261,7 +262,7 @@ def records(tmp_path_factory):
 
 def tiny_config(records, run_dir, **options) -> TrainConfig:
     base = {"records_dir": str(records), "size": 64, "backbone": "small_cnn", "epochs": 2, "batch_size": 8,
-            "run_dir": str(run_dir), "shuffle_buffer": 64}
+            "run_dir": str(run_dir), "shuffle_buffer": 64, "members": 1}
     return make_config({**base, **options})
 
 
@@ -399,11 +400,15 @@ def test_cli_trains_with_default_backbone_and_refuses_to_clobber(records, tmp_pa
     n_gpus = gpus_visible()  # the CLI's subprocess sees the same devices
     expected = f"{n_gpus} GPU(s) visible: using resnet152" if n_gpus else "no GPU visible: using small_cnn"
     assert expected in first.stdout
-    assert "1 of 1 epochs done" in first.stdout and "model (last epoch)" in first.stdout
     run_dir = tmp_path / "work" / "runs" / "size64"
     assert (run_dir / MODEL_FILE).is_file() and (run_dir / "config.json").is_file()
-    with open(run_dir / HISTORY_FILE) as handle:
-        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0"]
+    # The CPU recipe is an ensemble (training.ensemble): one run folder per member, each with its history.
+    members = CPU_MEMBERS if not n_gpus else 1
+    kept = f"mean of {members} members, each at its last epoch" if members > 1 else "last epoch"
+    assert "1 of 1 epochs done" in first.stdout and f"model ({kept})" in first.stdout
+    for run in [RunDir(run_dir).member(k) for k in range(members)] if members > 1 else [RunDir(run_dir)]:
+        with open(run.history) as handle:
+            assert [row["epoch"] for row in csv.DictReader(handle)] == ["0"]
     # Training ends with the test-split evaluation (issue #3: evaluate.py also runs at the end of training).
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["split"] == "test" and (run_dir / "roc.png").is_file() and (run_dir / "predictions.csv").is_file()
@@ -419,7 +424,8 @@ def test_cli_optimizer_and_loss_options_build_adamw_and_l2_and_are_recorded(reco
 
     args = build_parser().parse_args(["--optimizer", "adamw", "--weight-decay", "1e-4", "--records", str(records),
                                       "--run-dir", str(tmp_path / "run"), "--size", "64", "--backbone", "small_cnn",
-                                      "--epochs", "1", "--batch-size", "8", "--mixed-precision", "off", "--loss", "l2"])
+                                      "--epochs", "1", "--batch-size", "8", "--mixed-precision", "off", "--loss", "l2",
+                                      "--members", "1"])
     seen = []
 
     class Optimizer(keras.callbacks.Callback):

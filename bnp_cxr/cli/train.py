@@ -1,10 +1,11 @@
 """Train a radiograph -> [log10 BNP, log10 BNPP] regressor on the records of tools/make_tfrecords.py.
 
 With no arguments: reads work/records at 256 px and writes work/runs/size256/ (model.keras, backup/,
-config.json, history.csv, logs/). Without a GPU the backbone defaults to small_cnn, with one to resnet152.
+config.json, history.csv, logs/). Without a GPU the recipe defaults to an ensemble of 5 small_cnn models
+(members/member{k}/ each such a folder, model.keras their mean), with one to a single resnet152.
 
     python tools/train.py --size 256
-    python tools/train.py --size 64 --epochs 2
+    python tools/train.py --size 64 --epochs 2 --members 1     # one model instead of the CPU ensemble
     python tools/train.py --config paper --size 512          # ResNet152, ImageNet weights, L1 on log10, Adam
     python tools/train.py --size 256 --resume                # continue after an interruption
     python tools/train.py --size 1024 --mixed-precision bfloat16 --xla   # GPU: bfloat16 compute, XLA-compiled steps
@@ -46,10 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{result.epochs_completed} of {result.config.epochs} epochs done; the chief writes "
               f"{result.run_dir} and evaluates")
         return 0
-    best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
     kept = "last epoch" if result.config.keep == "last" else "lowest val loss"
-    print(f"{result.epochs_completed} of {result.config.epochs} epochs done; best val loss {best}; "
-          f"model ({kept}) {result.model_path}")
+    if result.config.members > 1:
+        print(f"{result.epochs_completed} of {result.config.epochs} epochs done by every member; model (mean of "
+              f"{result.config.members} members, each at its {kept}) {result.model_path}")
+    else:
+        best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
+        print(f"{result.epochs_completed} of {result.config.epochs} epochs done; best val loss {best}; "
+              f"model ({kept}) {result.model_path}")
     from bnp_cxr.evaluation.report import command_line, record_command
 
     record_command(result.run_dir, "train", command_line("train", argv))  # provenance in the run's report

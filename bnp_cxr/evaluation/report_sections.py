@@ -138,16 +138,24 @@ def model_section(facts) -> list:
     config = facts.config
     keys = ("backbone", "size", "weights", "epochs", "batch_size", "optimizer", "lr", "schedule", "warmup_epochs",
             "weight_decay", "dropout", "augment", "standardize", "loss", "loss_weights", "keep", "mixed_precision",
-            "seed")
+            "seed", "members")
     rows = [[key, _fmt(config.get(key))] for key in keys if key in config]
     # a config.json from before the loss / keep options reads as what that run was trained with
     loss_name = config.get("loss", TrainConfig.loss)
     loss = {"l1": "masked L1", "l2": "masked squared error"}.get(loss_name, loss_name)
     kept = ("the last epoch" if config.get("keep", SAVED_BEFORE_OPTIONS["keep"]) == "last"
             else "the epoch with the lowest validation loss")
+    members = int(config.get("members", SAVED_BEFORE_OPTIONS["members"]))
+    if members > 1:
+        seed = int(config.get("seed", 0))
+        what = (f"Ensemble of {members} `{config.get('backbone')}` models (seeds {seed} to {seed + members - 1}; "
+                f"run folders {', '.join(config.get('member_runs', []))}), their predictions averaged; each reads")
+        kept = f"the mean of the members, each at {kept}"
+    else:
+        what = f"One model (no ensemble): `{config.get('backbone')}` reads"
     blocks = [["h", 2, "Model and training"],
-              ["p", f"One model (no ensemble): `{config.get('backbone')}` reading a {config.get('size')} px grayscale "
-                    "radiograph and predicting [log10 BNP, log10 BNPP]; weights "
+              ["p", f"{what} a {config.get('size')} px grayscale radiograph and predicts [log10 BNP, log10 BNPP]; "
+                    "weights "
                     f"{'from ' + str(config['weights']) if config.get('weights') else 'randomly initialised'}. "
                     f"Loss: {loss} on the log10 labs. The saved model is {kept}."],
               ["table", ["option", "value"], rows]]

@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 
 from bnp_cxr.records.standardize import STANDARDIZATIONS
-from bnp_cxr.training.config import (CPU_STANDARDIZE, KEEP, LOSS_NAMES, MIXED_PRECISION, OPTIMIZERS, PRESETS, SCHEDULES,
-                                    TrainConfig)
+from bnp_cxr.training.config import (CPU_MEMBERS, CPU_STANDARDIZE, KEEP, LOSS_NAMES, MIXED_PRECISION, OPTIMIZERS,
+                                    PRESETS, SCHEDULES, TrainConfig)
 from bnp_cxr.workspace import BACKBONE_NAMES, RECORDS_DIR, RUNS_DIR
 
 
@@ -46,6 +46,19 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, per_run: bool = T
         options.add_argument("--run-dir", help=f"run folder (default: {RUNS_DIR / 'size{SIZE}'})")
         options.add_argument("--resume", action="store_true", default=False,
                              help="continue the run in --run-dir from its last completed epoch")
+    _add_recipe_arguments(options, d)
+    options.add_argument("--cache", action=argparse.BooleanOptionalAction,
+                         help="cache records in memory (default: off)")
+    if per_run:
+        options.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
+                             help="evaluate the best model on the test split when training ends (default: on)")
+    options.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for that evaluation")
+    options.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                         help="0 silent, 1 progress bar, 2 one line per epoch (default: 1)")
+
+
+def _add_recipe_arguments(options, d: TrainConfig) -> None:
+    """What the model learns from and how: augmentation, standardisation, loss, kept epoch, ensemble."""
     options.add_argument("--augment", action=argparse.BooleanOptionalAction, help="training augmentation (default: on)")
     options.add_argument("--standardize", choices=STANDARDIZATIONS,
                          help="per-image intensity standardisation of the model input inside the content box "
@@ -58,14 +71,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, per_run: bool = T
                          help="which epoch model.keras holds: the last or the one with the lowest val loss (the "
                               f"paper preset's); default: {d.keep}")
     options.add_argument("--dropout", type=float, help=f"dropout before the output layer (default: {d.dropout})")
-    options.add_argument("--cache", action=argparse.BooleanOptionalAction,
-                         help="cache records in memory (default: off)")
-    if per_run:
-        options.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
-                             help="evaluate the best model on the test split when training ends (default: on)")
-    options.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for that evaluation")
-    options.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                         help="0 silent, 1 progress bar, 2 one line per epoch (default: 1)")
+    options.add_argument("--members", type=int, metavar="N",
+                         help="train N models (seeds seed..seed+N-1) and save their mean as model.keras (default: "
+                              f"{CPU_MEMBERS} with the CPU backbone, else 1)")
 
 
 def training_options(args: argparse.Namespace) -> dict:

@@ -27,6 +27,9 @@ CPU_BACKBONE, GPU_BACKBONE = "small_cnn", "resnet152"
 # The CPU recipe's input standardisation: level with none in AUC on NIH folds, smaller drops under simulated
 # other-site rendering (bench/nih_recipe.py, bench/site_shift.py).
 CPU_STANDARDIZE = "clahe"
+# The CPU recipe's ensemble: independently seeded small CNNs averaged into one model (training.ensemble);
+# on NIH folds the mean of five models scored above any single one (bench/nih_recipe.py, seed ensembles).
+CPU_MEMBERS = 5
 CONFIG_FILE = RunDir.CONFIG
 
 # Huynh et al. (MIDL 2022): ImageNet ResNet152, L1 on log10 labels, Adam, their patient split (here: the
@@ -36,11 +39,12 @@ PRESETS: dict[str, dict[str, Any]] = {
               "schedule": "constant", "keep": "best"},
 }
 # What a config.json saved before these options existed was trained with (from_json, the run report).
-SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best"}
+SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best", "members": 1}
 # Options that define what a run learns: a resumed run must keep them (epochs may grow).
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
-                   "standardize", "loss", "loss_weights", "dropout", "keep")
+                   "standardize", "loss", "loss_weights", "dropout", "keep",
+                   "members")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class TrainConfig:
     loss: str = "l1"  # see LOSS_NAMES
     loss_weights: tuple[float, float] = (1.0, 1.0)  # [BNP, BNPP]
     dropout: float = 0.2
+    members: int | None = None  # models averaged into model.keras (training.ensemble); None: by backbone (resolve)
     # last: the final epoch, where the cosine schedule has annealed the rate to 0; best: the lowest val loss,
     # which on a val split of ~140 images picks an epoch partly by chance (bench/keep_epoch.py).
     keep: str = "last"
@@ -102,6 +107,8 @@ class TrainConfig:
             problems.append(f"loss_weights must be two non-negative numbers, not both 0, got {self.loss_weights}")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.members is not None and self.members < 1:
+            problems.append(f"members must be >= 1, got {self.members}")
         if self.standardize is not None and self.standardize not in STANDARDIZATIONS:
             problems.append(f"standardize must be one of {STANDARDIZATIONS}, got {self.standardize!r}")
         if self.preset is not None and self.preset not in PRESETS:
@@ -198,6 +205,11 @@ def resolve(config: TrainConfig, n_gpus: int) -> tuple[TrainConfig, list[str]]:
         changes["standardize"] = CPU_STANDARDIZE if cpu_recipe else "none"
         why = f"the {CPU_BACKBONE} recipe" if cpu_recipe else "as the paper"
         notes.append(f"Input standardisation {changes['standardize']} ({why}; --standardize to choose).")
+    if config.members is None:
+        cpu_recipe = changes.get("backbone", config.backbone) == CPU_BACKBONE
+        changes["members"] = CPU_MEMBERS if cpu_recipe else 1
+        why = f"the {CPU_BACKBONE} recipe's ensemble" if cpu_recipe else "one model, as the paper"
+        notes.append(f"{changes['members']} model(s) averaged into model.keras ({why}; --members to choose).")
     if config.mixed_precision == "auto":
         changes["mixed_precision"] = "on" if n_gpus else "off"
         notes.append(f"Mixed precision {changes['mixed_precision']} ({'a' if n_gpus else 'no'} GPU visible).")

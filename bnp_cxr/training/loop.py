@@ -1,6 +1,7 @@
 """One training run: strategy, data, model, callbacks, and the run folder (config, history, checkpoints, logs).
 
-Run folder layout: model.keras (the last epoch, or with keep="best" the lowest val loss), backup/
+Run folder layout (one model; an ensemble's is in training.ensemble): model.keras (the last epoch, or with
+keep="best" the lowest val loss), backup/
 (BackupAndRestore: the last completed epoch's weights, optimizer state and epoch number, for --resume),
 config.json (resolved options, library versions, data fingerprint, sessions), history.csv (one row per
 epoch), logs/ (TensorBoard).
@@ -139,7 +140,7 @@ def completed_epochs(run_dir: Path, backup: str = BACKUP_DIR) -> int:
     return int(json.loads(metadata.read_text())["epoch"]) if metadata.is_file() else 0
 
 
-def _check_run_dir(config: TrainConfig, fingerprint: dict, chief: bool, backup: str) -> dict | None:
+def check_run_dir(config: TrainConfig, fingerprint: dict, chief: bool, backup: str) -> dict | None:
     """The saved config.json of a run being resumed (None for a new run); refuses unsafe reuse.
 
     The chief owns the run folder; another worker only checks its own backup folder (the chief may
@@ -215,7 +216,7 @@ def _preflight(config: TrainConfig, cluster: Cluster) -> tuple[dict, dict | None
         raise ValueError(f"batch_size {config.batch_size} is global (split across {replicas} replicas): it must "
                          "be a multiple of the replicas and at most the number of train images, and the val "
                          "split needs an image per replica")
-    return fingerprint, _check_run_dir(config, fingerprint, cluster.chief, cluster.backup)
+    return fingerprint, check_run_dir(config, fingerprint, cluster.chief, cluster.backup)
 
 
 def _agree_on_resume(config: TrainConfig, cluster: Cluster) -> _Start:
@@ -335,12 +336,20 @@ def _fit(model, config: TrainConfig, cluster: Cluster, start: _Start, out_dir: P
 
 
 def train(config: TrainConfig, *, callbacks: Sequence = (), verbose: int | str = 1,
-          log: Callable[[str], None] = print) -> TrainResult:
-    """Train (or resume) a run as configured; see the module docstring for what the run folder holds."""
+          log: Callable[[str], None] = print, cluster: Cluster | None = None) -> TrainResult:
+    """Train (or resume) a run as configured; see the module docstring for what the run folder holds.
+
+    With members > 1 the run is an ensemble (training.ensemble): each member a run of this kind in
+    members/member{k}/, model.keras their average. `cluster`: a strategy already started (an ensemble's).
+    """
     import keras
 
-    cluster = start_strategy()  # before any other TensorFlow work
+    cluster = cluster or start_strategy()  # before any other TensorFlow work
     config, notes = resolve(config, cluster.n_gpus)
+    if config.members > 1:
+        from bnp_cxr.training.ensemble import train_ensemble
+
+        return train_ensemble(config, cluster, notes, callbacks=callbacks, verbose=verbose, log=log)
     run_dir = Path(config.run_dir)
     start = _agree_on_resume(config, cluster)
     _announce(config, cluster, start, notes, log)
