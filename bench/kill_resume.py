@@ -201,8 +201,8 @@ def finish(command: list[str], env: dict, log_path: Path, timeout_s: float = 300
 def train_command(records: Path, run_dir: Path, size: int, epochs: int, batch_size: int) -> list[str]:
     """A tiny tools/train.py run (small_cnn, no evaluation) into run_dir."""
     return [sys.executable, str(TRAIN), "--records", str(records), "--run-dir", str(run_dir), "--size", str(size),
-            "--backbone", "small_cnn", "--epochs", str(epochs), "--batch-size", str(batch_size), "--verbose", "2",
-            "--no-evaluate"]
+            "--backbone", "small_cnn", "--members", "1", "--epochs", str(epochs), "--batch-size", str(batch_size),
+            "--verbose", "2", "--no-evaluate"]
 
 
 def _completed_epochs(run_dir: Path) -> int:

@@ -1,6 +1,6 @@
 """The resolution study on real radiographs: AUC and in-lung attention per image size (Huynh et al., MIDL 2022).
 
-One patient-level split per dataset, the default CPU recipe (python tools/train.py on a CPU) trained at every
+One patient-level split per dataset, one model of the default CPU recipe (tools/train.py --members 1) trained at every
 size through the unchanged pipeline (bnp_cxr.evaluation.study.run_study: write_records -> train ->
 evaluate_run), then attribution (vanilla gradients, Grad-CAM, XRAI) of the same test images at every size
 and the in-lung table with patient-bootstrap 95 % CIs:
@@ -124,7 +124,8 @@ def study_runs(args: argparse.Namespace, epochs: int | None = None, n_boot: int 
     records = work / "records"
     write_records(load_manifest(dataset_manifest(args.dataset, data, work)), records,
                   IngestConfig(sizes=tuple(args.sizes), workers=args.workers, resume=True, progress=False))
-    options = {"records_dir": str(records), **({"epochs": epochs} if epochs else {})}
+    # one model per size, as the paper (the CPU default's ensemble would train each size five times over)
+    options = {"records_dir": str(records), "members": 1, **({"epochs": epochs} if epochs else {})}
     outcomes, _ = run_study(args.sizes, options, work / "runs", work / "study", n_boot=n_boot, verbose=0)
     lungs = lung_model(work.parent / "lungs" / f"unet{args.lung_size}.keras", args.lung_size, args.lung_epochs) \
         if args.dataset == "nih" else None

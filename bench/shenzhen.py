@@ -49,8 +49,8 @@ def run_seed(records: Path, run_dir: Path, size: int, epochs: int, seed: int, ba
 
     if run_dir.exists():  # a benchmark run always starts from scratch
         shutil.rmtree(run_dir)
-    config = make_config({"records_dir": str(records), "size": size, "backbone": "small_cnn", "epochs": epochs,
-                          "seed": seed, "batch_size": batch_size, "run_dir": str(run_dir)})
+    config = make_config({"records_dir": str(records), "size": size, "backbone": "small_cnn", "members": 1,
+                          "epochs": epochs, "seed": seed, "batch_size": batch_size, "run_dir": str(run_dir)})
     started = time.perf_counter()
     result = train(config, verbose=0, log=lambda _: None)
     train_s = time.perf_counter() - started

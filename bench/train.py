@@ -103,7 +103,7 @@ def run_ours(args, size: int, batch_size: int, precision: str) -> dict:
     clock = EpochClock()
     with tempfile.TemporaryDirectory() as run_dir:
         config = make_config({"records_dir": str(args.records), "size": size, "backbone": args.backbone,
-                              "epochs": args.epochs, "batch_size": batch_size, "augment": args.augment,
+                              "members": 1, "epochs": args.epochs, "batch_size": batch_size, "augment": args.augment,
                               "mixed_precision": precision, "xla": args.xla, "run_dir": run_dir,
                               "standardize": args.standardize})
         train(config, callbacks=[clock], verbose=0, log=lambda _: None)
