@@ -244,8 +244,8 @@ def cli():
 def test_cli_passes_training_options_and_reuses_the_study(cli, finished, records, tmp_path, capsys):
     runs = copy_runs(finished, tmp_path)
     code = cli.main(["--sizes", *map(str, SIZES), "--records", str(records), "--runs", str(runs), "--out",
-                     str(tmp_path / "out"), "--backbone", "small_cnn", "--epochs", "1", "--batch-size", "8",
-                     "--n-boot", str(N_BOOT), "--verbose", "0"])
+                     str(tmp_path / "out"), "--backbone", "small_cnn", "--members", "1", "--epochs", "1",
+                     "--batch-size", "8", "--n-boot", str(N_BOOT), "--verbose", "0"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "64 reused" in out and "128 reused" in out and "| 128 |" in out
@@ -285,8 +285,8 @@ def test_cli_adds_in_lung_columns_from_attribution(cli, finished, records, tmp_p
         later = table.stat().st_mtime + 60
         os.utime(model, (later, later))
     code = cli.main(["--sizes", *map(str, SIZES), "--records", str(records), "--runs", str(runs), "--out",
-                     str(tmp_path / "out"), "--backbone", "small_cnn", "--epochs", "1", "--batch-size", "8",
-                     "--n-boot", str(N_BOOT), "--verbose", "0", "--in-lung", str(table)])
+                     str(tmp_path / "out"), "--backbone", "small_cnn", "--members", "1", "--epochs", "1",
+                     "--batch-size", "8", "--n-boot", str(N_BOOT), "--verbose", "0", "--in-lung", str(table)])
     out = capsys.readouterr().out
     assert code == 0, out
     with open(tmp_path / "out" / "resolution.csv", newline="") as handle:
