@@ -208,8 +208,9 @@ def resolve(config: TrainConfig, n_gpus: int) -> tuple[TrainConfig, list[str]]:
     if config.members is None:
         cpu_recipe = changes.get("backbone", config.backbone) == CPU_BACKBONE
         changes["members"] = CPU_MEMBERS if cpu_recipe else 1
-        why = f"the {CPU_BACKBONE} recipe's ensemble" if cpu_recipe else "one model, as the paper"
-        notes.append(f"{changes['members']} model(s) averaged into model.keras ({why}; --members to choose).")
+        notes.append(f"{CPU_MEMBERS} models averaged into model.keras (the {CPU_BACKBONE} recipe's ensemble; "
+                     "--members to choose)." if cpu_recipe else
+                     "One model (as the paper; --members N for an ensemble).")
     if config.mixed_precision == "auto":
         changes["mixed_precision"] = "on" if n_gpus else "off"
         notes.append(f"Mixed precision {changes['mixed_precision']} ({'a' if n_gpus else 'no'} GPU visible).")
