@@ -3,7 +3,7 @@
 Averaging the predictions of networks trained from different random initialisations is the simplest
 ensemble and a strong one (Lakshminarayanan et al., "Simple and Scalable Predictive Uncertainty Estimation
 using Deep Ensembles", NeurIPS 2017); on a thousand NIH radiographs the mean of five small CNNs scored above
-every single one (bench/nih_recipe.py). Member k trains as an ordinary run with seed `seed + k` into
+20 of its 25 members over 5 folds (bench/nih_recipe.py). Member k trains as an ordinary run with seed `seed + k` into
 members/member{k}/ (resumable each, so an interrupted ensemble continues where it stopped); when every
 member has finished, the parent folder gets model.keras = models.ensemble_model(members) (one flat model
 whose output is the members' mean, read by evaluation, prediction and attribution like any other) and a
