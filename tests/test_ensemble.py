@@ -175,6 +175,9 @@ def test_resume_of_a_finished_ensemble_trains_nothing(ensemble_run, records):
     assert result.epochs_completed == 1
     assert sum("nothing to train" in line for line in lines) == 2
     assert RunDir(result.run_dir).model.stat().st_mtime_ns >= before
+    config = json.loads(RunDir(result.run_dir).config.read_text())
+    assert [session["resumed"] for session in config["sessions"]] == [False, True]  # one entry per session
+    assert config["member_runs"] == ["members/member0", "members/member1"]
 
 
 @pytest.mark.parametrize("options, error, message", [

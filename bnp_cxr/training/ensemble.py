@@ -13,7 +13,6 @@ config.json naming its members.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,35 +28,29 @@ def member_config(config: TrainConfig, index: int) -> TrainConfig:
                                run_dir=str(RunDir(config.run_path).member(index).path))
 
 
-def _write_config(config: TrainConfig, saved: dict | None, member_runs: list[str], data: dict) -> None:
+def _write_config(config: TrainConfig, member_runs: list[str], data: dict, sessions: list[dict]) -> None:
     """The parent's config.json: options, member folders (relative), the data fingerprint, sessions."""
-    from bnp_cxr.training.loop import library_versions
+    from bnp_cxr.training.loop import library_versions, saved_options
 
-    sessions = (saved or {}).get("sessions", [])
-    if not member_runs:  # a session starts
-        sessions.append({"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                         "resumed": config.resume, "epochs": config.epochs})
-    options = {key: value for key, value in config.to_json().items() if key != "resume"}
     write_json(Path(config.run_dir) / CONFIG_FILE,
-               {**options, "versions": library_versions(), "member_runs": member_runs, "data": data,
+               {**saved_options(config), "versions": library_versions(), "member_runs": member_runs, "data": data,
                 "sessions": sessions})
 
 
 def train_ensemble(config: TrainConfig, cluster: Cluster, notes: list[str], *, callbacks: Sequence = (),
                    verbose: int | str = 1, log: Callable[[str], None] = print):
     """Train (or resume) every member of a resolved config with members > 1, then save the averaged model."""
-    import json
-
     from bnp_cxr.models import ensemble_model, load_model
-    from bnp_cxr.training.loop import TrainResult, check_run_dir, data_fingerprint, train
+    from bnp_cxr.training.loop import TrainResult, check_run_dir, data_fingerprint, session_record, train
 
     run_dir = Path(config.run_dir)
     # The parent's own check (a folder in use, changed settings or data on --resume); members check theirs.
     data = data_fingerprint(config.records_dir, config.size)
     if cluster.chief:
         saved = check_run_dir(config, data, chief=True, backup=cluster.backup)
+        sessions = [*(saved or {}).get("sessions", []), session_record(config)]
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_config(config, saved, [], data)
+        _write_config(config, [], data, sessions)
     for note in notes:
         log(note if cluster.chief else f"[{cluster.worker}] {note}")
     results = []
@@ -71,8 +64,7 @@ def train_ensemble(config: TrainConfig, cluster: Cluster, notes: list[str], *, c
         model = ensemble_model([load_model(result.model_path) for result in results])
         with atomic_path(run_dir / RunDir.MODEL, suffix=".keras") as temp:
             model.save(temp)
-        _write_config(config, json.loads((run_dir / CONFIG_FILE).read_text()),
-                      [str(result.run_dir.relative_to(run_dir)) for result in results], data)
+        _write_config(config, [str(result.run_dir.relative_to(run_dir)) for result in results], data, sessions)
         log(f"Ensemble of {config.members} members saved: {run_dir / RunDir.MODEL}")
     # No history or best val loss of its own: each member's are in its folder.
     return TrainResult(run_dir=run_dir, model_path=run_dir / RunDir.MODEL, config=config, epochs_completed=done,

@@ -303,6 +303,17 @@ def _compile(config: TrainConfig, cluster: Cluster, steps: int, element_spec, lo
     return model
 
 
+def saved_options(config: TrainConfig) -> dict[str, Any]:
+    """The options a run's config.json keeps (all but resume, which is this session's, not the run's)."""
+    return {key: value for key, value in config.to_json().items() if key != "resume"}
+
+
+def session_record(config: TrainConfig, **details) -> dict[str, Any]:
+    """One entry of a config.json's sessions: when this session started, whether it resumed, its epochs."""
+    return {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "resumed": config.resume, "epochs": config.epochs, **details}
+
+
 def _write_run_config(config: TrainConfig, cluster: Cluster, start: _Start, model, steps: int,
                       notes: list[str]) -> None:
     """config.json: the options and the latest session's environment at the top level; each session keeps its own."""
@@ -311,13 +322,11 @@ def _write_run_config(config: TrainConfig, cluster: Cluster, start: _Start, mode
                                 "workers": cluster.n_workers},
                    "compute": {"dtype_policy": dtype_policy(config), "jit_compile": bool(model.jit_compile),
                                "optimizer": type(model.optimizer).__name__}}
-    sessions = (start.saved or {}).get("sessions", [])
-    sessions.append({"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                     "resumed": config.resume, "initial_epoch": start.done, "epochs": config.epochs,
-                     **environment, "notes": notes})
-    options = {key: value for key, value in config.to_json().items() if key != "resume"}
-    write_json(Path(config.run_dir) / CONFIG_FILE, {**options, **environment, "data": start.fingerprint,
-                                                   "steps_per_epoch": steps, "sessions": sessions})
+    sessions = [*(start.saved or {}).get("sessions", []),
+                session_record(config, initial_epoch=start.done, **environment, notes=notes)]
+    write_json(Path(config.run_dir) / CONFIG_FILE, {**saved_options(config), **environment,
+                                                   "data": start.fingerprint, "steps_per_epoch": steps,
+                                                   "sessions": sessions})
 
 
 def _fit(model, config: TrainConfig, cluster: Cluster, start: _Start, out_dir: Path, data: tuple, *,
