@@ -1,6 +1,7 @@
 """Records: letterbox geometry, the sharded writer (rejects, summary, resume, workers) and the reader."""
 
 import csv
+import dataclasses
 import json
 import math
 
@@ -206,6 +207,85 @@ def test_reader_augmentation_is_seeded_and_bounded(written):
     np.testing.assert_array_equal(augmented, first_batch(1, AugmentConfig()))
 
 
+def test_reader_site_augmentation_is_seeded_and_leaves_the_padding(written):
+    from bnp_cxr.records.augment import SITE_AUGMENT, AugmentConfig
+    from bnp_cxr.records.reader import make_dataset
+
+    _, out, summary = written
+    split = max(summary["per_split"], key=lambda s: summary["per_split"][s]["written"])
+    # No affine: the padding outside the content box must stay black through the site rendering.
+    still = dataclasses.replace(SITE_AUGMENT, max_rotation_deg=0.0, max_scale_change=0.0, max_aspect_change=0.0,
+                                max_shift_fraction=0.0, max_brightness=0.0, contrast_range=(1.0, 1.0), noise_std=0.0)
+
+    def first_batch(seed, augment):
+        dataset = make_dataset(out, split, 64, batch_size=4, training=True, augment=augment, seed=seed,
+                               deterministic=True, with_metadata=True)
+        images, _, meta = next(iter(dataset))
+        return images.numpy(), meta["content_box"].numpy()
+
+    plain, boxes = first_batch(2, AugmentConfig(max_rotation_deg=0.0, max_scale_change=0.0, max_shift_fraction=0.0,
+                                                max_brightness=0.0, contrast_range=(1.0, 1.0), noise_std=0.0))
+    rendered, _ = first_batch(2, still)
+    np.testing.assert_array_equal(rendered, first_batch(2, still)[0])
+    assert 0 <= rendered.min() and rendered.max() <= 1 and np.abs(rendered - plain).mean() > 1e-3
+    for image, box in zip(rendered[..., 0], boxes):
+        top, left, bottom, right = box
+        outside = np.ones(image.shape, bool)
+        outside[top:bottom, left:right] = False
+        assert image[outside].max(initial=0) == 0
+
+
+def neutral_site(**steps) -> "SiteAugmentConfig":  # noqa: F821
+    """A site rendering that does only `steps` (every step drawn, the others at no change)."""
+    from bnp_cxr.records.augment import SiteAugmentConfig
+
+    neutral = {"gamma_range": (1.0, 1.0), "min_grey_range": 1.0, "max_blur_sigma_fraction": 0.0,
+               "min_resolution": 1.0, "max_noise_std": 0.0}
+    return SiteAugmentConfig(probability=1.0, **{**neutral, **steps})
+
+
+def checkerboard(size: int = 64) -> np.ndarray:
+    """A 2-px checkerboard at 0.2 / 0.8: fine detail every blur or resampling smooths."""
+    rows, cols = np.indices((size, size))
+    return np.where((rows // 2 + cols // 2) % 2, 0.8, 0.2).astype(np.float32)[..., None]
+
+
+@pytest.mark.parametrize("steps, check", [
+    ({}, lambda before, after: np.allclose(after, before, atol=1e-6)),
+    ({"gamma_range": (0.5, 0.5)}, lambda before, after: np.allclose(after, before ** 0.5, atol=1e-6)),
+    ({"min_grey_range": 0.5}, lambda before, after: np.ptp(after) < np.ptp(before) and np.allclose(
+        (after - after.min()) / np.ptp(after), (before - before.min()) / np.ptp(before), atol=1e-5)),
+    ({"max_blur_sigma_fraction": 0.03}, lambda before, after: after.std() < 0.9 * before.std()),
+    ({"min_resolution": 0.3}, lambda before, after: after.std() < 0.9 * before.std()),
+    ({"max_noise_std": 0.05}, lambda before, after: 0 < np.abs(after - before).mean() < 0.05),
+], ids=["neutral", "gamma", "grey_range", "blur", "resolution", "noise"])
+def test_site_render_steps_act_inside_the_content_box_only(steps, check):
+    import tensorflow as tf
+
+    from bnp_cxr.records.augment import site_render
+
+    image, box = checkerboard(), np.array([8, 16, 56, 48])
+    # seed 3: every step's strength is well away from no change (uniform draws; fixed by the stateless seed)
+    after = site_render(tf.constant(image), tf.constant(box), tf.constant([3, 0], tf.int64), neutral_site(**steps))
+    after = after.numpy()
+    inside = np.zeros(image.shape, bool)
+    inside[8:56, 16:48] = True
+    np.testing.assert_array_equal(after[~inside], image[~inside])
+    assert 0 <= after.min() and after.max() <= 1
+    assert check(image[inside], after[inside])
+
+
+@pytest.mark.parametrize("probability, changed", [(0.0, False), (1.0, True)])
+def test_site_render_probability(probability, changed):
+    import tensorflow as tf
+
+    from bnp_cxr.records.augment import SiteAugmentConfig, site_render
+
+    image = checkerboard()
+    config = dataclasses.replace(SiteAugmentConfig(), probability=probability)
+    after = site_render(tf.constant(image), tf.constant([0, 0, 64, 64]), tf.constant([5, 1], tf.int64), config)
+    assert (not np.array_equal(after.numpy(), image)) == changed
+
 
 def off_centre_square(size: int = 64) -> np.ndarray:
     """A bright square left of centre on a dark field, [1, size, size, 1]: its side shows a flip."""
@@ -218,7 +298,8 @@ def off_centre_square(size: int = 64) -> np.ndarray:
     ({}, np.float32),
     ({"horizontal_flip": True}, np.uint8),
     ({"max_rotation_deg": 20.0, "max_scale_change": 0.2, "max_shift_fraction": 0.1}, bool),
-], ids=["default", "flip", "wide"])
+    ({"max_aspect_change": 0.2}, np.float32),
+], ids=["default", "flip", "wide", "aspect"])
 def test_augmentation_moves_mask_with_image(config_args, mask_dtype):
     import tensorflow as tf
 
@@ -253,6 +334,26 @@ def test_augmentation_flips_only_when_asked(horizontal_flip, expect_flipped):
     half = image.shape[2] // 2
     on_right = masks.numpy()[:, :, half:].sum(axis=(1, 2, 3)) > masks.numpy()[:, :, :half].sum(axis=(1, 2, 3))
     assert on_right.any() == expect_flipped
+
+
+@pytest.mark.parametrize("max_aspect_change", [0.0, 0.3])
+def test_aspect_change_stretches_the_width_only(max_aspect_change):
+    import tensorflow as tf
+
+    from bnp_cxr.records.augment import AugmentConfig, augment_batch
+
+    image = np.zeros((16, 64, 64, 1), np.float32)
+    image[:, 16:48, 16:48] = 1.0
+    config = AugmentConfig(max_rotation_deg=0.0, max_scale_change=0.0, max_shift_fraction=0.0,
+                           max_aspect_change=max_aspect_change)
+    _, masks = augment_batch(tf.constant(image), tf.constant([4, 2], tf.int64), config, masks=image > 0.5)
+    masks = masks.numpy()[..., 0]
+    heights, widths = masks.any(axis=2).sum(axis=1), masks.any(axis=1).sum(axis=1)
+    assert (heights == 32).all()
+    if max_aspect_change:
+        assert widths.min() < 30 and widths.max() > 34 and (np.abs(widths - 32) <= 0.3 * 32 + 1).all()
+    else:
+        assert (widths == 32).all()
 
 def test_existing_output_needs_resume_or_overwrite(archive, written):
     _, out, _ = written

@@ -197,6 +197,7 @@ def test_paper_preset_and_explicit_options_win():
     ({"optimizer": "adamw", "momentum": 0.9}, "momentum is an sgd setting"),
     ({"optimizer": "sgd", "momentum": 1.0}, "momentum must be in"), ({"loss": "huber"}, "loss must be one of"),
     ({"keep": "first"}, "keep must be one of"),
+    ({"site_augment": True, "augment": False}, "site_augment is part of the training augmentation"),
 ])
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
@@ -417,7 +418,7 @@ def test_cli_trains_with_default_backbone_and_refuses_to_clobber(records, tmp_pa
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
-def test_cli_optimizer_and_loss_options_build_adamw_and_l2_and_are_recorded(records, tmp_path):
+def test_cli_optimizer_loss_and_site_augment_options_are_used_and_recorded(records, tmp_path):
     from bnp_cxr.cli.train import build_parser
     from bnp_cxr.training import load_compiled_model
     from bnp_cxr.training.arguments import training_options
@@ -425,7 +426,7 @@ def test_cli_optimizer_and_loss_options_build_adamw_and_l2_and_are_recorded(reco
     args = build_parser().parse_args(["--optimizer", "adamw", "--weight-decay", "1e-4", "--records", str(records),
                                       "--run-dir", str(tmp_path / "run"), "--size", "64", "--backbone", "small_cnn",
                                       "--epochs", "1", "--batch-size", "8", "--mixed-precision", "off", "--loss", "l2",
-                                      "--members", "1"])
+                                      "--members", "1", "--site-augment"])
     seen = []
 
     class Optimizer(keras.callbacks.Callback):
@@ -438,7 +439,7 @@ def test_cli_optimizer_and_loss_options_build_adamw_and_l2_and_are_recorded(reco
     assert type(loss) is MaskedL2
     saved = json.loads((result.run_dir / "config.json").read_text())
     assert (saved["optimizer"], saved["weight_decay"], saved["compute"]["optimizer"]) == ("adamw", 1e-4, "AdamW")
-    assert saved["loss"] == "l2"
+    assert saved["loss"] == "l2" and saved["site_augment"] is True
     assert type(load_compiled_model(result.run_dir / MODEL_FILE).loss) is MaskedL2
 
 
@@ -447,7 +448,7 @@ def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_pat
     train(tiny_config(records, run_dir, epochs=1, mixed_precision="off", standardize="none"), verbose=0,
           log=lambda _: None)
     saved = json.loads((run_dir / "config.json").read_text())
-    for name in ("optimizer", "weight_decay", "momentum", "standardize", "loss", "keep"):
+    for name in ("optimizer", "weight_decay", "momentum", "standardize", "loss", "keep", "site_augment"):
         del saved[name]
     (run_dir / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="optimizer: 'adam' -> 'sgd'"):
@@ -459,5 +460,5 @@ def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_pat
     resumed = json.loads((run_dir / "config.json").read_text())
     assert (resumed["optimizer"], resumed["weight_decay"], resumed["compute"]["optimizer"]) == ("adam", 0.0, "Adam")
     assert resumed["standardize"] == "none"  # what a run saved before the option was trained with
-    assert (resumed["loss"], resumed["keep"]) == ("l1", "best")
+    assert (resumed["loss"], resumed["keep"], resumed["site_augment"]) == ("l1", "best", False)
     assert [session["resumed"] for session in resumed["sessions"]] == [False, True]

@@ -137,8 +137,8 @@ def _label_rules(facts) -> list:
 def model_section(facts) -> list:
     config = facts.config
     keys = ("backbone", "size", "weights", "epochs", "batch_size", "optimizer", "lr", "schedule", "warmup_epochs",
-            "weight_decay", "dropout", "augment", "standardize", "loss", "loss_weights", "keep", "mixed_precision",
-            "seed", "members")
+            "weight_decay", "dropout", "augment", "site_augment", "standardize", "loss", "loss_weights", "keep",
+            "mixed_precision", "seed", "members")
     rows = [[key, _fmt(config.get(key))] for key in keys if key in config]
     # a config.json from before the loss / keep options reads as what that run was trained with
     loss_name = config.get("loss", TrainConfig.loss)

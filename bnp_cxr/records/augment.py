@@ -1,9 +1,13 @@
 """Training augmentation for batches of images [B, H, W, 1] in [0, 1], optionally with their masks.
 
-Mild and anatomically safe: a small random affine (rotation, scale, shift about the centre), then
+Mild and anatomically safe: a small random affine (rotation, scale, aspect, shift about the centre), then
 brightness / contrast jitter and Gaussian noise on the image only. Masks follow the same affine and are
 re-thresholded at 0.5. No horizontal flip by default: the heart is on the patient's left, and a flipped
 chest is a different (dextrocardic) anatomy. Stateless: the same seed gives the same batch.
+
+`SiteAugmentConfig` adds a per-image rendering "as another site might take it" (exposure / gamma, a
+narrower grey range, blur, a lower native resolution, detector noise), applied to the windowed record
+image inside its content box *before* the input standardisation, where a real site difference acts.
 """
 
 from __future__ import annotations
@@ -15,16 +19,38 @@ import tensorflow as tf
 
 
 @dataclass(frozen=True)
+class SiteAugmentConfig:
+    """Per-image other-site rendering before standardisation; each step applied with `probability`.
+
+    Strengths are drawn uniformly (gamma log-uniformly) between no change and the range's end; sizes
+    are fractions of the image side so a setting means the same anatomy blur at every record size.
+    """
+
+    probability: float = 0.5
+    gamma_range: tuple[float, float] = (0.6, 1.6)  # exposure / detector response curve
+    min_grey_range: float = 0.6  # the content's [0, 1] squeezed into a random sub-range this wide or wider
+    max_blur_sigma_fraction: float = 0.005  # Gaussian sigma / image side (1.3 px at 256 px)
+    min_resolution: float = 0.5  # resampled down to this fraction of the side and back (a coarser detector)
+    max_noise_std: float = 0.03
+
+
+@dataclass(frozen=True)
 class AugmentConfig:
     """Ranges of the training augmentation (angles in degrees, shifts as a fraction of the size)."""
 
     max_rotation_deg: float = 5.0
     max_scale_change: float = 0.05
+    max_aspect_change: float = 0.0  # width / height stretched by up to this fraction (another field of view)
     max_shift_fraction: float = 0.04
     max_brightness: float = 0.05
     contrast_range: tuple[float, float] = (0.9, 1.1)
     noise_std: float = 0.01
     horizontal_flip: bool = False
+    site: SiteAugmentConfig | None = None  # per-image other-site rendering before standardisation
+
+
+# The training recipe's --site-augment: wider scale, aspect changes and the per-image site rendering.
+SITE_AUGMENT = AugmentConfig(max_scale_change=0.1, max_aspect_change=0.1, site=SiteAugmentConfig())
 
 
 def _affine_transforms(seed, batch: int, size: int, config: AugmentConfig):
@@ -36,11 +62,17 @@ def _affine_transforms(seed, batch: int, size: int, config: AugmentConfig):
     flip = tf.ones([batch])
     if config.horizontal_flip:
         flip = tf.where(tf.random.stateless_uniform([batch], seeds[3]) < 0.5, -1.0, 1.0)
+    # Drawn only when asked for, so configs without it keep their random streams (and results).
+    aspect = tf.ones([batch])
+    if config.max_aspect_change:
+        aspect_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+        aspect += tf.random.stateless_uniform([batch], aspect_seed, -1.0, 1.0) * config.max_aspect_change
     centre = (size - 1) / 2.0
-    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    # Output pixel (x, y) samples input at A @ ([x, y] - c - shift) + c, A = R(-angle) / scale with flip on x.
-    a0, a1 = cos * flip, sin
-    b0, b1 = -sin * flip, cos
+    # Output pixel (x, y) samples input at A @ ([x, y] - c - shift) + c, A = diag(1/sx, 1/sy) R(-angle) with flip
+    # on x; sx = scale * aspect stretches the width, sy = scale the height.
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    a0, a1 = cos * flip / (scale * aspect), sin / (scale * aspect)
+    b0, b1 = -sin * flip / scale, cos / scale
     x0 = -centre - shift[:, 0]
     y0 = -centre - shift[:, 1]
     a2 = a0 * x0 + a1 * y0 + centre
@@ -78,3 +110,48 @@ def augment_batch(images, seed, config: AugmentConfig, masks=None):
     masks = tf.convert_to_tensor(masks)
     moved = _warp(tf.cast(masks, tf.float32), transforms)
     return images, tf.cast(moved > 0.5, masks.dtype)
+
+
+def _uniform(seed, low, high):
+    return tf.random.stateless_uniform([], seed, low, high)
+
+
+def _gaussian_blur(image, sigma, max_sigma: float):
+    """[H, W, 1] blurred by a Gaussian of `sigma` px (a tensor), kernel radius from `max_sigma`, reflected edges."""
+    radius = max(1, math.ceil(3 * max_sigma))
+    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernel = tf.exp(-0.5 * tf.square(offsets / tf.maximum(sigma, 1e-3)))
+    kernel /= tf.reduce_sum(kernel)
+    padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    rows = tf.nn.conv2d(padded, tf.reshape(kernel, [-1, 1, 1, 1]), 1, "VALID")
+    return tf.nn.conv2d(rows, tf.reshape(kernel, [1, -1, 1, 1]), 1, "VALID")[0]
+
+
+def site_render(image, content_box, seed, config: SiteAugmentConfig):
+    """One windowed image [H, W, 1] in [0, 1] rendered as another site might, inside its content box.
+
+    content_box is [top, left, bottom, right] px (the letterbox padding outside stays as it is); seed a
+    stateless seed [2]. Order as in an acquisition chain: detector resolution and blur, noise, then the
+    grey-scale response (gamma, grey range).
+    """
+    size = image.shape[0]
+    seeds = tf.random.experimental.stateless_split(seed, 10)
+    applied = tf.random.stateless_uniform([5], seeds[0]) < config.probability
+    out = image
+    factor = _uniform(seeds[1], config.min_resolution, 1.0)
+    side = tf.maximum(8, tf.cast(tf.round(size * factor), tf.int32))
+    coarse = tf.image.resize(tf.image.resize(out, [side, side], method="area"), [size, size], method="bilinear")
+    out = tf.where(applied[0], coarse, out)
+    max_sigma = config.max_blur_sigma_fraction * size
+    out = tf.where(applied[1], _gaussian_blur(out, _uniform(seeds[2], 0.0, max_sigma), max_sigma), out)
+    noise = tf.random.stateless_normal(tf.shape(out), seeds[3]) * _uniform(seeds[4], 0.0, config.max_noise_std)
+    out = tf.clip_by_value(tf.where(applied[2], out + noise, out), 0.0, 1.0)
+    low, high = (math.log(value) for value in config.gamma_range)
+    out = tf.where(applied[3], tf.pow(out, tf.exp(_uniform(seeds[5], low, high))), out)
+    width = _uniform(seeds[6], config.min_grey_range, 1.0)
+    floor = _uniform(seeds[7], 0.0, 1.0) * (1.0 - width)
+    out = tf.where(applied[4], floor + width * out, out)
+    rows, cols = tf.range(size)[:, None, None], tf.range(size)[None, :, None]
+    box = tf.cast(content_box, tf.int32)
+    inside = (rows >= box[0]) & (rows < box[2]) & (cols >= box[1]) & (cols < box[3])
+    return tf.where(inside, out, image)

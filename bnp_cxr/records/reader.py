@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from bnp_cxr.records.augment import AugmentConfig, augment_batch
+from bnp_cxr.records.augment import AugmentConfig, SiteAugmentConfig, augment_batch, site_render
 from bnp_cxr.records.schema import UINT16_MAX, feature_spec, finding_key, shard_glob
 from bnp_cxr.records.standardize import check_standardization, standardize_image
 
@@ -51,16 +51,24 @@ def standardized(image: tf.Tensor, content_box: tf.Tensor, method: str) -> tf.Te
 
 
 def _parse_record(serialized, size: int, with_metadata: bool, findings: tuple[str, ...] = (),
-                  standardize: str = "none"):
-    """Parse one record, only the features asked for (the full spec costs ~30% at 1024 px)."""
+                  standardize: str = "none", site: SiteAugmentConfig | None = None, site_seed=None):
+    """Parse one record, only the features asked for (the full spec costs ~30% at 1024 px).
+
+    With `site` (and its stateless `site_seed`), the windowed image is rendered as another site might take
+    it (records.augment.site_render) before standardisation.
+    """
     spec = feature_spec(findings)
     finding_keys = tuple(finding_key(name) for name in findings) if with_metadata else ()
-    metadata_keys = (*METADATA_KEYS, *MASK_KEYS) if with_metadata else ("content_box",) if standardize != "none" else ()
+    needs_box = standardize != "none" or site is not None
+    metadata_keys = (*METADATA_KEYS, *MASK_KEYS) if with_metadata else ("content_box",) if needs_box else ()
     wanted = ("image", *TARGET_KEYS, *metadata_keys, *finding_keys)
     parsed = tf.io.parse_single_example(serialized, {key: spec[key] for key in wanted})
     # Static shapes let Keras build models and the augmentation know the size at trace time.
     image = tf.reshape(tf.io.decode_raw(parsed["image"], tf.uint16, little_endian=True), [size, size, 1])
-    image = standardized(tf.cast(image, tf.float32) / UINT16_MAX, parsed.get("content_box"), standardize)
+    image = tf.cast(image, tf.float32) / UINT16_MAX
+    if site is not None:
+        image = site_render(image, parsed["content_box"], site_seed, site)
+    image = standardized(image, parsed.get("content_box"), standardize)
     targets = tf.stack([parsed[key] for key in TARGET_KEYS])
     if not with_metadata:
         return image, targets
@@ -88,6 +96,7 @@ def make_dataset(records_dir: str | os.PathLike, split: str, size: int, *, batch
     turns on the training augmentation. deterministic=True fixes the order for tests; with a seed,
     shuffling and augmentation are reproducible. `standardize` ("none", "clahe") is applied to every image
     before augmentation (bnp_cxr.records.standardize); the run's config says which one its model expects.
+    The augmentation's `site` rendering is the exception: it acts per image, before standardisation.
     """
     check_standardization(standardize)
     files = list_shards(records_dir, split, size)
@@ -104,8 +113,15 @@ def make_dataset(records_dir: str | os.PathLike, split: str, size: int, *, batch
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     findings = record_findings(records_dir) if with_metadata else ()
-    dataset = dataset.map(lambda record: _parse_record(record, size, with_metadata, findings, standardize),
-                          num_parallel_calls=autotune, deterministic=deterministic)
+    site = augment.site if augment is not None else None
+    if site is None:
+        dataset = dataset.map(lambda record: _parse_record(record, size, with_metadata, findings, standardize),
+                              num_parallel_calls=autotune, deterministic=deterministic)
+    else:  # one stateless seed per image, from its own stream (the batch augmentation's stays as it was)
+        site_seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, site_seeds)).map(
+            lambda record, pair: _parse_record(record, size, with_metadata, findings, standardize, site, pair),
+            num_parallel_calls=autotune, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if augment is not None:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)

@@ -60,6 +60,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, per_run: bool = T
 def _add_recipe_arguments(options, d: TrainConfig) -> None:
     """What the model learns from and how: augmentation, standardisation, loss, kept epoch, ensemble."""
     options.add_argument("--augment", action=argparse.BooleanOptionalAction, help="training augmentation (default: on)")
+    options.add_argument("--site-augment", action=argparse.BooleanOptionalAction,
+                         help="also render training images as another site might: exposure, grey range, blur, "
+                              "resolution, noise (before standardisation), wider scale and aspect changes "
+                              f"(default: {'on' if d.site_augment else 'off'})")
     options.add_argument("--standardize", choices=STANDARDIZATIONS,
                          help="per-image intensity standardisation of the model input inside the content box "
                               f"(default: {CPU_STANDARDIZE} with the CPU backbone, none otherwise)")

@@ -40,11 +40,11 @@ PRESETS: dict[str, dict[str, Any]] = {
               "schedule": "constant", "keep": "best"},
 }
 # What a config.json saved before these options existed was trained with (from_json, the run report).
-SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best", "members": 1}
+SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best", "members": 1, "site_augment": False}
 # Options that define what a run learns: a resumed run must keep them (epochs may grow).
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
-                   "standardize", "loss", "loss_weights", "dropout", "keep", "members")
+                   "site_augment", "standardize", "loss", "loss_weights", "dropout", "keep", "members")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,9 @@ class TrainConfig:
     run_dir: str | None = None  # None: work/runs/size{size}
     resume: bool = False
     augment: bool = True
+    # also render each training image as another site might (records.augment.SITE_AUGMENT): exposure, grey range,
+    # blur, resolution, noise before standardisation; wider scale and aspect changes
+    site_augment: bool = False
     standardize: str | None = None  # model-input standardisation (records.standardize); None: by backbone (resolve)
     loss: str = "l1"  # see LOSS_NAMES
     loss_weights: tuple[float, float] = (1.0, 1.0)  # [BNP, BNPP]
@@ -107,6 +110,8 @@ class TrainConfig:
             problems.append(f"loss_weights must be two non-negative numbers, not both 0, got {self.loss_weights}")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.site_augment and not self.augment:
+            problems.append("site_augment is part of the training augmentation: it needs augment on")
         if self.members is not None and self.members < 1:
             problems.append(f"members must be >= 1, got {self.members}")
         if self.standardize is not None and self.standardize not in STANDARDIZATIONS:

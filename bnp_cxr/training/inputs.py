@@ -27,13 +27,15 @@ def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_worke
     epoch)."""
     import tensorflow as tf
 
-    from bnp_cxr.records.reader import AugmentConfig, make_dataset
+    from bnp_cxr.records.augment import SITE_AUGMENT, AugmentConfig
+    from bnp_cxr.records.reader import make_dataset
 
     n_train, n_val = fingerprint["images"]["train"], fingerprint["images"]["val"]
     # Full batches only (when there are enough images): BatchNorm on a 1-image remainder is noise.
     drop = n_train >= config.batch_size
+    augment = (SITE_AUGMENT if config.site_augment else AugmentConfig()) if config.augment else None
     train = make_dataset(config.records_dir, "train", config.size, batch_size=config.batch_size, training=True,
-                         augment=AugmentConfig() if config.augment else None, shuffle_buffer=config.shuffle_buffer,
+                         augment=augment, shuffle_buffer=config.shuffle_buffer,
                          cache=config.cache, seed=config.seed, drop_remainder=drop, standardize=config.standardize)
     val_batch, left_out = val_batching(n_val, config.batch_size, replicas)
     try:
