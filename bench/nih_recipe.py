@@ -61,6 +61,9 @@ RECIPES: dict[str, dict] = {
     # initialised from the single-model recipe trained on a larger phantom cohort (phantom_checkpoint): its
     # synthetic oedema, effusion and cardiac enlargement as supervised pretraining
     "phantom_init": {"weights": "phantom", "members": 1},
+    # the other-site augmentation (records.augment.SITE_AUGMENT): one model, and the ensemble with it
+    "site": {"site_augment": True, "members": 1},
+    "default_site": {"site_augment": True},
 }
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}
@@ -148,7 +151,7 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
     saved = run_dir / BENCH_ROW
     if saved.is_file() and not args.fresh:
         document = json.loads(saved.read_text())
-        if {field: document.get(field) for field in key} == key:
+        if same_run(document, key):
             return {**document["row"], "recipe": name, "fold": fold}
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -165,6 +168,21 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
                               for k in range(result.config.members)]
     saved.write_text(json.dumps({**key, "row": row}, indent=2) + "\n")
     return row
+
+
+def same_run(document: dict, key: dict) -> bool:
+    """Whether a bench_row.json document was trained and scored as `key` asks.
+
+    The configs are compared as TrainConfigs, so an option added since (absent from the saved one) counts as
+    what that run was trained with (TrainConfig.from_json), and a finished run is not retrained, or deleted,
+    only because the config schema grew.
+    """
+    from bnp_cxr.training import TrainConfig
+
+    stored = document.get("config")
+    if not isinstance(stored, dict) or TrainConfig.from_json(stored) != TrainConfig.from_json(key["config"]):
+        return False
+    return all(document.get(field) == value for field, value in key.items() if field != "config")
 
 
 def score_row(evaluation: dict) -> dict:
