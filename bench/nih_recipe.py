@@ -45,10 +45,10 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "nih"
 N_FOLDS, FOLD_SEED, VAL_FRACTION = 5, 0, 0.125
 # TrainConfig options over the defaults; "default" is whatever `python tools/train.py` resolves to on a CPU.
 RECIPES: dict[str, dict] = {
-    "default": {},  # on a CPU: the ensemble of CPU_MEMBERS small CNNs (training.ensemble)
+    "default": {},  # on a CPU: the ensemble of CPU_MEMBERS small CNNs (training.ensemble), site augmentation on
     # single models (members 1): the CPU default before the real-image work (plain window, model.keras = the
     # lowest val loss), then one ingredient each
-    "before": {"backbone": "small_cnn", "standardize": "none", "keep": "best", "members": 1},
+    "before": {"backbone": "small_cnn", "standardize": "none", "keep": "best", "members": 1, "site_augment": False},
     "single": {"members": 1},  # one model of the default recipe (the default before ensembles)
     "clahe": {"backbone": "small_cnn", "standardize": "clahe", "members": 1},
     "no_augment": {"augment": False, "members": 1},
@@ -61,9 +61,11 @@ RECIPES: dict[str, dict] = {
     # initialised from the single-model recipe trained on a larger phantom cohort (phantom_checkpoint): its
     # synthetic oedema, effusion and cardiac enlargement as supervised pretraining
     "phantom_init": {"weights": "phantom", "members": 1},
-    # the other-site augmentation (records.augment.SITE_AUGMENT): one model, and the ensemble with it
+    # the other-site augmentation (records.augment.SITE_AUGMENT, the CPU default since nih_ensemble5_site.json):
+    # one model, the ensemble with it (= default, named), and the ensemble without it (the default before)
     "site": {"site_augment": True, "members": 1},
     "default_site": {"site_augment": True},
+    "default_no_site": {"site_augment": False},
 }
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}

@@ -42,21 +42,22 @@ def ensure_records(data_dir: Path, work_dir: Path, size: int, workers: int) -> P
 
 
 def run_seed(records: Path, run_dir: Path, size: int, epochs: int, seed: int, batch_size: int,
-             n_boot: int, site_augment: bool = False) -> dict:
+             n_boot: int, site_augment: bool = False, members: int = 1) -> dict:
     """Train one run from scratch and evaluate it on the test split; one result row."""
     from bnp_cxr.evaluation.evaluate import evaluate_run
     from bnp_cxr.training import make_config, train
 
     if run_dir.exists():  # a benchmark run always starts from scratch
         shutil.rmtree(run_dir)
-    config = make_config({"records_dir": str(records), "size": size, "backbone": "small_cnn", "members": 1,
+    config = make_config({"records_dir": str(records), "size": size, "backbone": "small_cnn", "members": members,
                           "epochs": epochs, "seed": seed, "batch_size": batch_size, "run_dir": str(run_dir),
                           "site_augment": site_augment})
     started = time.perf_counter()
     result = train(config, verbose=0, log=lambda _: None)
     train_s = time.perf_counter() - started
     evaluation = evaluate_run(run_dir, records, split="test", n_boot=n_boot)
-    row = {"size_px": size, "epochs": epochs, "seed": seed, "site_augment": site_augment, "train_s": round(train_s, 1),
+    row = {"size_px": size, "epochs": epochs, "seed": seed, "site_augment": site_augment, "members": members,
+           "train_s": round(train_s, 1),
            "best_val_loss": result.best_val_loss, "n_test": evaluation["n_images"]}
     for name in METRICS:
         entry = evaluation["metrics"][name]
@@ -90,13 +91,16 @@ def main() -> None:
     parser = shenzhen_parser(__doc__, "shenzhen")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--site-augment", action="store_true", help="train with the other-site augmentation")
+    parser.add_argument("--site-augment", action=argparse.BooleanOptionalAction, default=False,
+                        help="train with the other-site augmentation (default: off, the CI test's setting)")
+    parser.add_argument("--members", type=int, default=1, help="models per run, averaged (default: 1)")
     args = parse_with_data(parser)
 
     records = ensure_records(args.data, args.work, args.size, args.workers)
-    suffix = "_site" if args.site_augment else ""
+    suffix = ("_site" if args.site_augment else "") + (f"_members{args.members}" if args.members > 1 else "")
     rows = [run_seed(records, args.work / "runs" / f"size{args.size}_e{args.epochs}_seed{seed}{suffix}", args.size,
-                     args.epochs, seed, args.batch_size, args.n_boot, args.site_augment) for seed in args.seeds]
+                     args.epochs, seed, args.batch_size, args.n_boot, args.site_augment, args.members)
+            for seed in args.seeds]
     for row in rows:  # the table shows "estimate [low, high]"
         for name in METRICS:
             low, high = row[f"{name}_ci"]
@@ -106,7 +110,7 @@ def main() -> None:
                        "backbone": "small_cnn", "augment": True, "batch_size": args.batch_size,
                        "min_auc_bnpp": min(row["auc_bnpp_gt_400"] for row in rows),
                        "min_auc_bnpp_ci_low": min(row["auc_bnpp_gt_400_ci"][0] for row in rows)},
-           rows, ["size_px", "epochs", "seed", "site_augment", "train_s", "n_test", "auc_bnpp_gt_400_text",
+           rows, ["size_px", "epochs", "seed", "site_augment", "members", "train_s", "n_test", "auc_bnpp_gt_400_text",
                   "auc_combined_text", "pearson_r_log10_bnpp_text"])
 
 

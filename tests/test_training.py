@@ -179,6 +179,21 @@ def test_resolve_picks_backbone_and_precision(n_gpus, given, mixed, want_backbon
         assert any(says in note for note in notes), notes
 
 
+@pytest.mark.parametrize("options, n_gpus, expected, says", [
+    ({}, 0, True, "Other-site augmentation on (the small_cnn recipe"),
+    ({}, 1, False, "Other-site augmentation off (as the paper"),
+    ({"backbone": "resnet50"}, 0, False, "Other-site augmentation off"),
+    ({"augment": False}, 0, False, None),  # no augmentation at all: nothing to say about a part of it
+    ({"site_augment": False}, 0, False, None),
+    ({"site_augment": True, "backbone": "resnet50"}, 1, True, None),
+])
+def test_site_augment_resolves_by_recipe(options, n_gpus, expected, says):
+    config, notes = resolve(make_config(options), n_gpus)
+    assert config.site_augment is expected
+    said = [note for note in notes if note.startswith("Other-site augmentation")]
+    assert len(said) == (says is not None) and all(says in note for note in said)
+
+
 def test_paper_preset_and_explicit_options_win():
     paper = make_config({}, preset="paper")
     assert (paper.backbone, paper.weights, paper.loss, paper.loss_weights, paper.keep, paper.preset) == (

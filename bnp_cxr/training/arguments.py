@@ -63,7 +63,7 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
     options.add_argument("--site-augment", action=argparse.BooleanOptionalAction,
                          help="also render training images as another site might: exposure, grey range, blur, "
                               "resolution, noise (before standardisation), wider scale and aspect changes "
-                              f"(default: {'on' if d.site_augment else 'off'})")
+                              "(default: on with the CPU backbone, off otherwise)")
     options.add_argument("--standardize", choices=STANDARDIZATIONS,
                          help="per-image intensity standardisation of the model input inside the content box "
                               f"(default: {CPU_STANDARDIZE} with the CPU backbone, none otherwise)")

@@ -31,6 +31,11 @@ CPU_STANDARDIZE = "clahe"
 # on 5 NIH folds five of them scored 0.021 above their members' mean AUC, above it on every fold
 # (bench/nih_recipe.py --recipes default, bench/results/nih_ensemble5.json).
 CPU_MEMBERS = 5
+# The CPU recipe's other-site augmentation (records.augment.SITE_AUGMENT): on Shenzhen it held AUC under edge
+# enhancement and gammas it never draws where the plain augmentation lost up to 0.18, level in-site
+# (bench/site_shift.py, bench/results/shenzhen_site_shift128.json); on NIH folds level with the ensemble without it
+# (bench/nih_recipe.py --recipes default_site, bench/results/nih_ensemble5_site.json).
+CPU_SITE_AUGMENT = True
 CONFIG_FILE = RunDir.CONFIG
 
 # Huynh et al. (MIDL 2022): ImageNet ResNet152, L1 on log10 labels, Adam, their patient split (here: the
@@ -71,8 +76,8 @@ class TrainConfig:
     resume: bool = False
     augment: bool = True
     # also render each training image as another site might (records.augment.SITE_AUGMENT): exposure, grey range,
-    # blur, resolution, noise before standardisation; wider scale and aspect changes
-    site_augment: bool = False
+    # blur, resolution, noise before standardisation; wider scale and aspect changes. None: by backbone (resolve)
+    site_augment: bool | None = None
     standardize: str | None = None  # model-input standardisation (records.standardize); None: by backbone (resolve)
     loss: str = "l1"  # see LOSS_NAMES
     loss_weights: tuple[float, float] = (1.0, 1.0)  # [BNP, BNPP]
@@ -210,6 +215,13 @@ def resolve(config: TrainConfig, n_gpus: int) -> tuple[TrainConfig, list[str]]:
         changes["standardize"] = CPU_STANDARDIZE if cpu_recipe else "none"
         why = f"the {CPU_BACKBONE} recipe" if cpu_recipe else "as the paper"
         notes.append(f"Input standardisation {changes['standardize']} ({why}; --standardize to choose).")
+    if config.site_augment is None:
+        cpu_recipe = changes.get("backbone", config.backbone) == CPU_BACKBONE
+        changes["site_augment"] = CPU_SITE_AUGMENT and cpu_recipe and config.augment
+        if config.augment:
+            notes.append(f"Other-site augmentation {'on' if changes['site_augment'] else 'off'} ("
+                         f"{f'the {CPU_BACKBONE} recipe' if cpu_recipe else 'as the paper'}; --site-augment / "
+                         "--no-site-augment to choose).")
     if config.members is None:
         cpu_recipe = changes.get("backbone", config.backbone) == CPU_BACKBONE
         changes["members"] = CPU_MEMBERS if cpu_recipe else 1
