@@ -282,6 +282,27 @@ def tiny_config(records, run_dir, **options) -> TrainConfig:
     return make_config({**base, **options})
 
 
+@pytest.mark.parametrize("options, expected", [
+    ({"site_augment": False}, "plain"), ({"site_augment": True}, "site"), ({"augment": False}, None),
+])
+def test_train_datasets_use_the_site_augmentation_only_when_asked(records, tmp_path, monkeypatch, options, expected):
+    from bnp_cxr.records import reader
+    from bnp_cxr.records.augment import SITE_AUGMENT, AugmentConfig
+    from bnp_cxr.training.inputs import make_datasets
+
+    asked = {}
+
+    def recording(records_dir, split, size, **kwargs):
+        asked.setdefault(split, kwargs.get("augment"))
+        return make_dataset(records_dir, split, size, **kwargs)
+
+    monkeypatch.setattr(reader, "make_dataset", recording)
+    config, _ = resolve(tiny_config(records, tmp_path / "run", **options), 0)
+    make_datasets(config, data_fingerprint(records, 64), 1, 1, 1)
+    assert asked["train"] == {"plain": AugmentConfig(), "site": SITE_AUGMENT, None: None}[expected]
+    assert asked["val"] is None
+
+
 @pytest.fixture(scope="module")
 def finished_run(records, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "size64"
