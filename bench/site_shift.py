@@ -9,7 +9,7 @@ site augmentation never draws; and another field of view: the anatomy narrower (
 letterboxed), smaller (a wider collimation) or larger (a tighter one), with the content box moved along.
 Reports the AUC of the combined label (predicted log10 BNPP) per shift with a patient-bootstrap CI.
 
-    python bench/site_shift.py --runs work/nih/runs/before/size128_fold0 work/nih/runs/default/size128_fold0
+    python bench/site_shift.py --runs work/nih/runs/before/size128_fold0_seed0 work/nih/runs/default/size128_fold0_seed0
 """
 
 from __future__ import annotations
