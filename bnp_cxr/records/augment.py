@@ -137,20 +137,30 @@ def site_render(image, content_box, seed, config: SiteAugmentConfig):
     size = image.shape[0]
     seeds = tf.random.experimental.stateless_split(seed, 10)
     applied = tf.random.stateless_uniform([5], seeds[0]) < config.probability
-    out = image
-    factor = _uniform(seeds[1], config.min_resolution, 1.0)
-    side = tf.maximum(8, tf.cast(tf.round(size * factor), tf.int32))
-    coarse = tf.image.resize(tf.image.resize(out, [side, side], method="area"), [size, size], method="bilinear")
-    out = tf.where(applied[0], coarse, out)
+
+    def coarser(out):
+        side = tf.maximum(8, tf.cast(tf.round(size * _uniform(seeds[1], config.min_resolution, 1.0)), tf.int32))
+        return tf.image.resize(tf.image.resize(out, [side, side], method="area"), [size, size], method="bilinear")
+
     max_sigma = config.max_blur_sigma_fraction * size
-    out = tf.where(applied[1], _gaussian_blur(out, _uniform(seeds[2], 0.0, max_sigma), max_sigma), out)
-    noise = tf.random.stateless_normal(tf.shape(out), seeds[3]) * _uniform(seeds[4], 0.0, config.max_noise_std)
-    out = tf.clip_by_value(tf.where(applied[2], out + noise, out), 0.0, 1.0)
+
+    def noisy(out):
+        noise = tf.random.stateless_normal(tf.shape(out), seeds[3]) * _uniform(seeds[4], 0.0, config.max_noise_std)
+        return tf.clip_by_value(out + noise, 0.0, 1.0)
+
     low, high = (math.log(value) for value in config.gamma_range)
-    out = tf.where(applied[3], tf.pow(out, tf.exp(_uniform(seeds[5], low, high))), out)
-    width = _uniform(seeds[6], config.min_grey_range, 1.0)
-    floor = _uniform(seeds[7], 0.0, 1.0) * (1.0 - width)
-    out = tf.where(applied[4], floor + width * out, out)
+
+    def narrower(out):
+        width = _uniform(seeds[6], config.min_grey_range, 1.0)
+        return _uniform(seeds[7], 0.0, 1.0) * (1.0 - width) + width * out
+
+    steps = (coarser, lambda out: _gaussian_blur(out, _uniform(seeds[2], 0.0, max_sigma), max_sigma), noisy,
+             lambda out: tf.pow(out, tf.exp(_uniform(seeds[5], low, high))), narrower)
+    out = image
+    for index, step in enumerate(steps):
+        # tf.cond, not tf.where: a step not drawn for this image costs nothing (this runs per training image);
+        # tf.cond traces both branches on the spot, so the closures see this iteration's step and image
+        out = tf.cond(applied[index], lambda: step(out), lambda: out)
     rows, cols = tf.range(size)[:, None, None], tf.range(size)[None, :, None]
     box = tf.cast(content_box, tf.int32)
     inside = (rows >= box[0]) & (rows < box[2]) & (cols >= box[1]) & (cols < box[3])

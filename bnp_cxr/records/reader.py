@@ -114,14 +114,13 @@ def make_dataset(records_dir: str | os.PathLike, split: str, size: int, *, batch
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     findings = record_findings(records_dir) if with_metadata else ()
     site = augment.site if augment is not None else None
-    if site is None:
-        dataset = dataset.map(lambda record: _parse_record(record, size, with_metadata, findings, standardize),
-                              num_parallel_calls=autotune, deterministic=deterministic)
-    else:  # one stateless seed per image, from its own stream (the batch augmentation's stays as it was)
+    if site is not None:  # one stateless seed per image, from its own stream (the batch augmentation's stays as it was)
         site_seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, site_seeds)).map(
-            lambda record, pair: _parse_record(record, size, with_metadata, findings, standardize, site, pair),
-            num_parallel_calls=autotune, deterministic=deterministic)
+        dataset = tf.data.Dataset.zip((dataset, site_seeds))
+    dataset = dataset.map(
+        lambda record, site_seed=None: _parse_record(record, size, with_metadata, findings, standardize, site,
+                                                     site_seed),
+        num_parallel_calls=autotune, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if augment is not None:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)

@@ -210,20 +210,17 @@ def resolve(config: TrainConfig, n_gpus: int) -> tuple[TrainConfig, list[str]]:
                          "override.")
     elif not n_gpus and config.backbone != CPU_BACKBONE:
         notes.append(f"{config.backbone} without a GPU: expect a slow run; {CPU_BACKBONE} is the CPU choice.")
+    cpu_recipe = changes.get("backbone", config.backbone) == CPU_BACKBONE  # the recipe the None options follow
+    why = f"the {CPU_BACKBONE} recipe" if cpu_recipe else "as the paper"
     if config.standardize is None:
-        cpu_recipe = changes.get("backbone", config.backbone) == CPU_BACKBONE
         changes["standardize"] = CPU_STANDARDIZE if cpu_recipe else "none"
-        why = f"the {CPU_BACKBONE} recipe" if cpu_recipe else "as the paper"
         notes.append(f"Input standardisation {changes['standardize']} ({why}; --standardize to choose).")
     if config.site_augment is None:
-        cpu_recipe = changes.get("backbone", config.backbone) == CPU_BACKBONE
         changes["site_augment"] = CPU_SITE_AUGMENT and cpu_recipe and config.augment
         if config.augment:
-            notes.append(f"Other-site augmentation {'on' if changes['site_augment'] else 'off'} ("
-                         f"{f'the {CPU_BACKBONE} recipe' if cpu_recipe else 'as the paper'}; --site-augment / "
-                         "--no-site-augment to choose).")
+            notes.append(f"Other-site augmentation {'on' if changes['site_augment'] else 'off'} ({why}; "
+                         "--site-augment / --no-site-augment to choose).")
     if config.members is None:
-        cpu_recipe = changes.get("backbone", config.backbone) == CPU_BACKBONE
         changes["members"] = CPU_MEMBERS if cpu_recipe else 1
         notes.append(f"{CPU_MEMBERS} models averaged into model.keras (the {CPU_BACKBONE} recipe's ensemble; "
                      "--members to choose)." if cpu_recipe else
