@@ -149,7 +149,7 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
     # Every option with the defaults filled in: a run trained under other defaults is not reused.
     config = make_config(options)
     key = {"config": config.to_json(), "n_boot": args.n_boot,
-           "records_sha256": data_fingerprint(records, size)["sha256"], **architecture_key(config)}
+           "records_sha256": data_fingerprint(records, size)["sha256"]}
     saved = run_dir / BENCH_ROW
     if saved.is_file() and not args.fresh:
         document = json.loads(saved.read_text())
@@ -172,19 +172,6 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
     return row
 
 
-# What a bench_row.json written before a key field existed was trained with: small_cnn had 4 blocks at every size.
-SAVED_BEFORE_KEYS = {"small_cnn_widths": [24, 48, 96, 160]}
-
-
-def architecture_key(config) -> dict:
-    """The model architecture a config trains that its options do not name (small_cnn's blocks follow the size)."""
-    from bnp_cxr.models import small_cnn_widths
-    from bnp_cxr.training.config import resolve
-
-    backbone = resolve(config, n_gpus=0)[0].backbone  # the benches train on a CPU: None -> small_cnn
-    return {"small_cnn_widths": list(small_cnn_widths(config.size))} if backbone == "small_cnn" else {}
-
-
 def same_run(document: dict, key: dict) -> bool:
     """Whether a bench_row.json document was trained and scored as `key` asks.
 
@@ -197,8 +184,7 @@ def same_run(document: dict, key: dict) -> bool:
     stored = document.get("config")
     if not isinstance(stored, dict) or TrainConfig.from_json(stored) != TrainConfig.from_json(key["config"]):
         return False
-    return all(document.get(field, SAVED_BEFORE_KEYS.get(field)) == value for field, value in key.items()
-               if field != "config")
+    return all(document.get(field) == value for field, value in key.items() if field != "config")
 
 
 def score_row(evaluation: dict) -> dict:

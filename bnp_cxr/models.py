@@ -76,29 +76,8 @@ class GrayscaleStem(layers.Layer):
         return {**super().get_config(), "scale": list(self.scale), "offset": list(self.offset)}
 
 
-SMALL_CNN_WIDTHS = (24, 48, 96, 160)  # the blocks of a 128 px input (1/16 resolution: an 8 x 8 feature map)
-SMALL_CNN_EXTRA_WIDTH = 256  # one more block per doubling of the input above SMALL_CNN_BASE_PX
-SMALL_CNN_BASE_PX = 128
-
-
-def small_cnn_widths(size: int) -> tuple[int, ...]:
-    """Block widths of small_cnn for a `size` px input: one more pooled block per doubling above 128 px.
-
-    A fixed stack sees a quarter of the anatomy per feature at 256 px that it sees at 128 px; on NIH folds 1
-    and 2 the 4-block members scored about 0.05 below 128 px (bench/results/nih_ensemble5_site_256_folds12.json).
-    Trial: bench/nih_recipe.py --size 256 --folds 0 --recipes default_site --fresh --name
-    nih_ensemble5_site_256_deep measures this 5-block model at 256 px.
-    """
-    extra = 0
-    while size >= SMALL_CNN_BASE_PX * 2 ** (extra + 1):
-        extra += 1
-    return SMALL_CNN_WIDTHS + (SMALL_CNN_EXTRA_WIDTH,) * extra
-
-
-def small_cnn_features(x, widths: tuple[int, ...] | None = None, bn_momentum: float = 0.9):
-    """A few conv blocks (stride-2 stem, then conv-BN-ReLU pairs and 2x max pools); widths None: by input size."""
-    if widths is None:
-        widths = small_cnn_widths(int(x.shape[1]))
+def small_cnn_features(x, widths: tuple[int, ...] = (24, 48, 96, 160), bn_momentum: float = 0.9):
+    """A few conv blocks (stride-2 stem, then conv-BN-ReLU pairs and 2x max pools); 1/16 resolution output."""
     # BatchNorm momentum 0.9 (Keras: 0.99): a few hundred images give only ~10 steps per epoch, and
     # slow moving averages would leave validation on stale statistics for many epochs.
     x = layers.Conv2D(16, 5, strides=2, padding="same", use_bias=False, name="stem_conv")(x)

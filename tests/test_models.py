@@ -44,20 +44,6 @@ def test_every_backbone_is_one_flat_graph_with_an_addressable_last_conv(backbone
     np.testing.assert_allclose(outputs, model(images), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("size, blocks, feature_side", [
-    (64, 4, 4),
-    (128, 4, 8),  # the base: the 4-block network every size used before
-    (200, 4, 12),  # below a doubling: no extra block
-    (256, 5, 8),  # one doubling: one more pooled block, an 8 x 8 map again
-    (512, 6, 8),
-])
-def test_small_cnn_adds_a_pooled_block_per_doubling_above_128_px(size, blocks, feature_side):
-    assert len(models.small_cnn_widths(size)) == blocks
-    model = build_model("small_cnn", size)
-    assert model.get_layer(last_conv_layer_name(model)).output.shape[1:3] == (feature_side, feature_side)
-    assert sum(layer.name.startswith("block") and layer.name.endswith("_pool") for layer in model.layers) == blocks - 1
-
-
 def test_mixed_precision_keeps_float32_outputs(float32_policy, images):
     keras.mixed_precision.set_global_policy("mixed_float16")
     model = build_model("small_cnn", SIZE)
