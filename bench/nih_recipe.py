@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -46,9 +47,12 @@ N_FOLDS, FOLD_SEED, VAL_FRACTION = 5, 0, 0.125
 # TrainConfig options over the defaults; "default" is whatever `python tools/train.py` resolves to on a CPU.
 RECIPES: dict[str, dict] = {
     "default": {},  # on a CPU: the ensemble of CPU_MEMBERS small CNNs (training.ensemble), site augmentation on
+    # the default reading the records in full ("size": model_px = --size) instead of at CPU_MODEL_PX
+    "full_res": {"model_px": "size"},
     # single models (members 1): the CPU default before the real-image work (plain window, model.keras = the
     # lowest val loss), then one ingredient each
-    "before": {"backbone": "small_cnn", "standardize": "none", "keep": "best", "members": 1, "site_augment": False},
+    "before": {"backbone": "small_cnn", "standardize": "none", "keep": "best", "members": 1, "site_augment": False,
+               "model_px": "size"},
     "single": {"members": 1},  # one model of the default recipe (the default before ensembles)
     "clahe": {"backbone": "small_cnn", "standardize": "clahe", "members": 1},
     "no_augment": {"augment": False, "members": 1},
@@ -138,7 +142,8 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
     --fresh; any other content of run_dir is deleted first, so a row always comes from one complete training.
     """
     from bnp_cxr.evaluation.evaluate import evaluate_run
-    from bnp_cxr.training import make_config, train
+    from bnp_cxr.training import make_config, resolve, train
+    from bnp_cxr.training.config import gpus_visible
     from bnp_cxr.training.loop import data_fingerprint
     from bnp_cxr.workspace import RunDir
 
@@ -146,8 +151,12 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
                **({"epochs": args.epochs} if args.epochs else {}), **RECIPES[name]}
     if options.get("weights") == "phantom":
         options["weights"] = str(phantom_checkpoint(args.work, size, args.workers))
-    # Every option with the defaults filled in: a run trained under other defaults is not reused.
+    if options.get("model_px") == "size":
+        options["model_px"] = size
+    # Every option with the defaults filled in, and the resolution the model reads resolved (a run saved before
+    # model_px existed read its records in full): a run trained under other defaults is not reused.
     config = make_config(options)
+    config = dataclasses.replace(config, model_px=resolve(config, gpus_visible())[0].model_px)
     key = {"config": config.to_json(), "n_boot": args.n_boot,
            "records_sha256": data_fingerprint(records, size)["sha256"]}
     saved = run_dir / BENCH_ROW
@@ -161,7 +170,8 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
     result = train(config, verbose=0, log=lambda _: None)
     train_min = (time.perf_counter() - started) / 60
     evaluation = evaluate_run(run_dir, records, split="test", n_boot=args.n_boot)
-    row = {"recipe": name, "fold": fold, "seed": seed, "size_px": size, "epochs": result.config.epochs,
+    row = {"recipe": name, "fold": fold, "seed": seed, "size_px": size, "model_px": result.config.model_px,
+           "epochs": result.config.epochs,
            "standardize": result.config.standardize, "keep": result.config.keep, "loss": result.config.loss,
            "members": result.config.members, "train_min": round(train_min, 1), **score_row(evaluation)}
     if result.config.members > 1:  # each member alone too: single models and their ensemble from one training
@@ -285,8 +295,8 @@ def main() -> None:
                                                      f"{FOLD_SEED}; val {VAL_FRACTION:g} of the other patients",
                        "recipes": {name: RECIPES[name] for name in args.recipes}, "seeds": args.seeds,
                        "summary": summarise(rows), "load_average": os.getloadavg()},
-           rows, ["recipe", "fold", "seed", "size_px", "members", "epochs", "standardize", "keep", "train_min",
-                  "n_test", "auc_text", "auc_cardiomegaly", "auc_edema", "auc_effusion"])
+           rows, ["recipe", "fold", "seed", "size_px", "model_px", "members", "epochs", "standardize", "keep",
+                  "train_min", "n_test", "auc_text", "auc_cardiomegaly", "auc_edema", "auc_effusion"])
 
 
 if __name__ == "__main__":

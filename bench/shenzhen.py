@@ -56,7 +56,8 @@ def run_seed(records: Path, run_dir: Path, size: int, epochs: int, seed: int, ba
     result = train(config, verbose=0, log=lambda _: None)
     train_s = time.perf_counter() - started
     evaluation = evaluate_run(run_dir, records, split="test", n_boot=n_boot)
-    row = {"size_px": size, "epochs": epochs, "seed": seed, "site_augment": site_augment, "members": members,
+    row = {"size_px": size, "model_px": result.config.model_px, "epochs": epochs, "seed": seed,
+           "site_augment": site_augment, "members": members,
            "train_s": round(train_s, 1),
            "best_val_loss": result.best_val_loss, "n_test": evaluation["n_images"]}
     for name in METRICS:
@@ -110,8 +111,8 @@ def main() -> None:
                        "backbone": "small_cnn", "augment": True, "batch_size": args.batch_size,
                        "min_auc_bnpp": min(row["auc_bnpp_gt_400"] for row in rows),
                        "min_auc_bnpp_ci_low": min(row["auc_bnpp_gt_400_ci"][0] for row in rows)},
-           rows, ["size_px", "epochs", "seed", "site_augment", "members", "train_s", "n_test", "auc_bnpp_gt_400_text",
-                  "auc_combined_text", "pearson_r_log10_bnpp_text"])
+           rows, ["size_px", "model_px", "epochs", "seed", "site_augment", "members", "train_s", "n_test",
+                  "auc_bnpp_gt_400_text", "auc_combined_text", "pearson_r_log10_bnpp_text"])
 
 
 if __name__ == "__main__":

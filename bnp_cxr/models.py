@@ -29,6 +29,7 @@ from bnp_cxr.workspace import BACKBONE_NAMES
 OUTPUT_NAME = "log10_bnp_bnpp"
 POOL_NAME = "global_pool"
 STEM_NAME = "grayscale_stem"
+DOWNSAMPLE_NAME = "downsample"
 SMALL_CNN_FEATURES = "features"
 WEIGHTS_SUFFIXES = (".weights.h5", ".keras")
 
@@ -124,12 +125,28 @@ if tuple(BACKBONES) != BACKBONE_NAMES:
                       f"{tuple(BACKBONES)}")
 
 
-def _graph(backbone: str, size: int, *, imagenet_stem: bool, download: bool, dropout: float) -> keras.Model:
+def check_model_px(size: int, model_px: int | None) -> int:
+    """The resolution the model reads (px) for records of `size` px: model_px, at most size; a divisor of it."""
+    if model_px is None or model_px >= size:
+        return size
+    if model_px < 1 or size % model_px:
+        raise ValueError(f"model_px must divide the image size: {size} px is not a whole multiple of {model_px} px")
+    return model_px
+
+
+def _graph(backbone: str, size: int, *, imagenet_stem: bool, download: bool, dropout: float,
+           model_px: int | None = None) -> keras.Model:
     """The model graph; imagenet_stem: 3-channel ImageNet-style input; download: fetch ImageNet weights."""
     spec = BACKBONES[backbone]
     image = keras.Input((size, size, 1), name="image", dtype="float32")
     scale, offset = IMAGENET_STEMS[spec.imagenet_stem] if imagenet_stem else SCRATCH_STEM
-    x = GrayscaleStem(scale, offset, name=STEM_NAME)(image)
+    x = image
+    reads = check_model_px(size, model_px)
+    if reads < size:
+        # Area averaging by a whole factor, as cv2.INTER_AREA makes the smaller records: the model reads the image as
+        # records written at model_px would show it, while inputs, saliency and heatmaps stay at `size` px.
+        x = layers.AveragePooling2D(size // reads, name=DOWNSAMPLE_NAME)(x)
+    x = GrayscaleStem(scale, offset, name=STEM_NAME)(x)
     try:
         features = spec.build(x, "imagenet" if download else None, imagenet_stem)
     except Exception as error:  # keras' get_file raises a bare Exception("URL fetch failure ...")
@@ -144,12 +161,15 @@ def _graph(backbone: str, size: int, *, imagenet_stem: bool, download: bool, dro
     # float32 outputs under mixed precision: log10 values and the L1 loss need more than float16 gives.
     outputs = layers.Dense(2, activation="linear", dtype="float32", name=OUTPUT_NAME)(x)
     # A fresh Model over the flat tensors (the application's own Model object is discarded).
-    return keras.Model(image, outputs, name=f"{backbone}_{size}px")
+    return keras.Model(image, outputs, name=f"{backbone}_{size}px" + (f"_reads{reads}px" if reads < size else ""))
 
 
 def build_model(backbone: str, size: int, *, weights: str | None = None, dropout: float = 0.2,
-                log: Callable[[str], None] | None = None) -> keras.Model:
+                model_px: int | None = None, log: Callable[[str], None] | None = None) -> keras.Model:
     """A regressor [B, size, size, 1] in [0, 1] -> float32 [B, 2] = [log10 BNP, log10 BNPP].
+
+    model_px: the resolution the backbone reads; below `size` the input is area-averaged down to it in the
+    graph (a whole factor); None or >= size: the full size.
 
     weights: None (from scratch, 1-channel stem), "imagenet" (3-channel replicated input with the
     backbone's own ImageNet preprocessing in the graph), or a path to a .weights.h5 / .keras file,
@@ -165,7 +185,7 @@ def build_model(backbone: str, size: int, *, weights: str | None = None, dropout
         if weights == "imagenet" and not imagenet_ok:
             raise ValueError(f"{backbone} has no ImageNet weights; use weights=None")
         imagenet = weights == "imagenet"
-        return _graph(backbone, size, imagenet_stem=imagenet, download=imagenet, dropout=dropout)
+        return _graph(backbone, size, imagenet_stem=imagenet, download=imagenet, dropout=dropout, model_px=model_px)
     path = Path(weights)
     if not path.name.endswith(WEIGHTS_SUFFIXES):
         raise ValueError(f"weights file {path} must end with one of {WEIGHTS_SUFFIXES} (or pass 'imagenet' / None)")
@@ -175,7 +195,8 @@ def build_model(backbone: str, size: int, *, weights: str | None = None, dropout
     errors = []
     # A run started from ImageNet keeps the 3-channel stem, a scratch run the 1-channel one: try both.
     for imagenet_stem in (False, True) if imagenet_ok else (False,):
-        model = _graph(backbone, size, imagenet_stem=imagenet_stem, download=False, dropout=dropout)
+        model = _graph(backbone, size, imagenet_stem=imagenet_stem, download=False, dropout=dropout,
+                       model_px=model_px)
         try:
             report = load_checkpoint(model, checkpoint)
         except ValueError as error:

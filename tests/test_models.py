@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from bnp_cxr import models
-from bnp_cxr.models import (BACKBONES, IMAGENET_STEMS, OUTPUT_NAME, STEM_NAME, GrayscaleStem, WeightsDownloadError,
-                            build_model, last_conv_layer_name, load_model)
+from bnp_cxr.models import (BACKBONES, DOWNSAMPLE_NAME, IMAGENET_STEMS, OUTPUT_NAME, STEM_NAME, GrayscaleStem,
+                            WeightsDownloadError, build_model, ensemble_model, last_conv_layer_name, load_model)
 
 SIZE = 64
 
@@ -124,6 +124,7 @@ def test_weights_file_of_an_imagenet_run_gets_the_three_channel_stem(fake_downlo
     ("small_cnn", None, {"dropout": 1.0}, ValueError, "dropout"),
     ("small_cnn", "missing.weights.h5", {}, FileNotFoundError, "not found"),
     ("small_cnn", "weights.pt", {}, ValueError, "must end with"),
+    ("small_cnn", None, {"model_px": 48}, ValueError, "model_px must divide the image size: 64 px"),
 ])
 def test_bad_arguments_are_rejected(backbone, weights, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -201,6 +202,24 @@ def test_structure_keys_are_the_keys_keras_saves_layers_under(tmp_path, backbone
     ours = {key: [tuple(weight.shape) for weight in layer.weights] for key, layer in zip(keys, model.layers)
             if layer.weights}
     assert ours == saved
+
+
+@pytest.mark.parametrize("model_px, factor", [(32, 2), (16, 4), (64, 1), (128, 1), (None, 1)])
+def test_model_px_reads_the_image_area_averaged_by_a_whole_factor(tmp_path, images, model_px, factor):
+    model = build_model("small_cnn", SIZE, model_px=model_px)
+    assert (DOWNSAMPLE_NAME in [layer.name for layer in model.layers]) == (factor > 1)
+    reads = SIZE // factor
+    reference = build_model("small_cnn", reads)  # the same network on images made at the smaller size
+    for layer in reference.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    averaged = images.reshape(len(images), reads, factor, reads, factor, 1).mean(axis=(2, 4))
+    np.testing.assert_allclose(model(images), reference(averaged), rtol=1e-5, atol=1e-6)
+    model.save(tmp_path / "model.keras")  # a saved model keeps reading at model_px; so does an ensemble of them
+    np.testing.assert_allclose(load_model(tmp_path / "model.keras")(images), model(images), rtol=1e-6)
+    other = build_model("small_cnn", SIZE, model_px=model_px)
+    np.testing.assert_allclose(ensemble_model([model, other])(images), (model(images) + other(images)) / 2,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_load_model_round_trip(tmp_path, images):

@@ -216,6 +216,13 @@ def test_plan_checks_the_records_a_finished_run_read(finished, records, tmp_path
             study.plan_size(config, N_BOOT)
 
 
+@pytest.mark.parametrize("options, expected", [({}, {64: 64, 256: 256, 512: 512}),
+                                               ({"model_px": 128}, {64: 64, 256: 128, 512: 128})])
+def test_study_reads_each_size_in_full_unless_capped(tmp_path, options, expected):
+    resolved = {size: resolve(study.size_config(options, size, tmp_path), 0)[0].model_px for size in expected}
+    assert resolved == expected
+
+
 @pytest.mark.parametrize("present, sizes, expected", [
     ({64: ("train", "val", "test")}, (64,), {}),
     ({64: ("train", "val", "test")}, (64, 256), {256: ["train", "val", "test"]}),

@@ -15,6 +15,7 @@ import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
 from archives import heart_records
+from bnp_cxr.models import DOWNSAMPLE_NAME
 from bnp_cxr.records.reader import make_dataset
 from bnp_cxr.training import MaskedL1, MaskedL2, MaskedMAE, ThresholdAUC, TrainConfig, make_config, resolve, train
 from bnp_cxr.training.config import CPU_MEMBERS, gpus_visible, identity_mismatches
@@ -194,6 +195,21 @@ def test_site_augment_resolves_by_recipe(options, n_gpus, expected, says):
     assert len(said) == (says is not None) and all(says in note for note in said)
 
 
+@pytest.mark.parametrize("options, n_gpus, expected, says", [
+    ({"size": 256}, 0, 128, "area-averaged to 128 px (the small_cnn recipe"),
+    ({"size": 64}, 0, 64, None),  # below the recipe's resolution: read in full
+    ({"size": 256}, 1, 256, None),  # the paper's backbone reads the records in full
+    ({"size": 256, "model_px": 64}, 1, 64, "area-averaged to 64 px (--model-px"),
+    ({"size": 256, "model_px": 256}, 0, 256, None),
+    ({"size": 256, "model_px": 1024}, 0, 256, None),  # at most the records' size
+])
+def test_model_px_resolves_by_recipe(options, n_gpus, expected, says):
+    config, notes = resolve(make_config(options), n_gpus)
+    assert config.model_px == expected
+    said = [note for note in notes if note.startswith("The model reads")]
+    assert len(said) == (says is not None) and all(says in note for note in said)
+
+
 def test_paper_preset_and_explicit_options_win():
     paper = make_config({}, preset="paper")
     assert (paper.backbone, paper.weights, paper.loss, paper.loss_weights, paper.keep, paper.preset) == (
@@ -213,6 +229,7 @@ def test_paper_preset_and_explicit_options_win():
     ({"optimizer": "sgd", "momentum": 1.0}, "momentum must be in"), ({"loss": "huber"}, "loss must be one of"),
     ({"keep": "first"}, "keep must be one of"),
     ({"site_augment": True, "augment": False}, "site_augment is part of the training augmentation"),
+    ({"size": 256, "model_px": 96}, "model_px must divide size 256 px"), ({"model_px": 0}, "model_px must divide"),
 ])
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
@@ -226,6 +243,10 @@ def test_config_json_round_trip_and_identity_mismatches():
     assert identity_mismatches(config, longer) == []
     assert identity_mismatches(config, TrainConfig(size=128, backbone="small_cnn")) == [
         "size: 64 -> 128", "loss_weights: (1.0, 2.0) -> (1.0, 1.0)"]
+    assert identity_mismatches(TrainConfig(model_px=128), TrainConfig(model_px=256)) == ["model_px: 128 -> 256"]
+    # a config.json saved before model_px existed: that model read its records in full
+    saved = {key: value for key, value in TrainConfig(size=256).to_json().items() if key != "model_px"}
+    assert TrainConfig.from_json(saved).model_px == 256
 
 
 @pytest.mark.parametrize("tf_config, n_gpus, expected", [
@@ -462,7 +483,7 @@ def test_cli_optimizer_loss_and_site_augment_options_are_used_and_recorded(recor
     args = build_parser().parse_args(["--optimizer", "adamw", "--weight-decay", "1e-4", "--records", str(records),
                                       "--run-dir", str(tmp_path / "run"), "--size", "64", "--backbone", "small_cnn",
                                       "--epochs", "1", "--batch-size", "8", "--mixed-precision", "off", "--loss", "l2",
-                                      "--members", "1", "--site-augment"])
+                                      "--members", "1", "--site-augment", "--model-px", "32"])
     seen = []
 
     class Optimizer(keras.callbacks.Callback):
@@ -475,8 +496,9 @@ def test_cli_optimizer_loss_and_site_augment_options_are_used_and_recorded(recor
     assert type(loss) is MaskedL2
     saved = json.loads((result.run_dir / "config.json").read_text())
     assert (saved["optimizer"], saved["weight_decay"], saved["compute"]["optimizer"]) == ("adamw", 1e-4, "AdamW")
-    assert saved["loss"] == "l2" and saved["site_augment"] is True
-    assert type(load_compiled_model(result.run_dir / MODEL_FILE).loss) is MaskedL2
+    assert saved["loss"] == "l2" and saved["site_augment"] is True and saved["model_px"] == 32
+    model = load_compiled_model(result.run_dir / MODEL_FILE)
+    assert type(model.loss) is MaskedL2 and model.get_layer(DOWNSAMPLE_NAME).pool_size == (2, 2)
 
 
 def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_path):
@@ -484,7 +506,7 @@ def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_pat
     train(tiny_config(records, run_dir, epochs=1, mixed_precision="off", standardize="none"), verbose=0,
           log=lambda _: None)
     saved = json.loads((run_dir / "config.json").read_text())
-    for name in ("optimizer", "weight_decay", "momentum", "standardize", "loss", "keep", "site_augment"):
+    for name in ("optimizer", "weight_decay", "momentum", "standardize", "loss", "keep", "site_augment", "model_px"):
         del saved[name]
     (run_dir / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="optimizer: 'adam' -> 'sgd'"):
@@ -497,4 +519,5 @@ def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_pat
     assert (resumed["optimizer"], resumed["weight_decay"], resumed["compute"]["optimizer"]) == ("adam", 0.0, "Adam")
     assert resumed["standardize"] == "none"  # what a run saved before the option was trained with
     assert (resumed["loss"], resumed["keep"], resumed["site_augment"]) == ("l1", "best", False)
+    assert resumed["model_px"] == 64  # read in full, as every run before the option
     assert [session["resumed"] for session in resumed["sessions"]] == [False, True]

@@ -261,11 +261,14 @@ def plan_size(config: TrainConfig, n_boot: int) -> tuple[str, str]:
 
 def size_config(options: Mapping[str, Any], size: int, runs_root: str | Path, preset: str | None = None,
                 resume: bool = False) -> TrainConfig:
-    """The training config of one size: the shared options, this size, and run_dir runs_root/size{size}."""
+    """The training config of one size: the shared options, this size, and run_dir runs_root/size{size}.
+
+    The model reads each size in full (model_px = size) unless the options cap it: the study compares resolutions.
+    """
     from bnp_cxr.training.config import make_config
 
-    return make_config({**options, "size": size, "run_dir": str(RunDir.for_size(size, runs_root).path)},
-                       preset=preset, resume=resume)
+    run_dir = str(RunDir.for_size(size, runs_root).path)
+    return make_config({"model_px": size, **options, "size": size, "run_dir": run_dir}, preset=preset, resume=resume)
 
 
 def run_size(options: Mapping[str, Any], size: int, runs_root: str | Path, *, preset: str | None = None,

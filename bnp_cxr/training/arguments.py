@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 
 from bnp_cxr.records.standardize import STANDARDIZATIONS
-from bnp_cxr.training.config import (CPU_MEMBERS, CPU_STANDARDIZE, KEEP, LOSS_NAMES, MIXED_PRECISION, OPTIMIZERS,
-                                    PRESETS, SCHEDULES, TrainConfig)
+from bnp_cxr.training.config import (CPU_MEMBERS, CPU_MODEL_PX, CPU_STANDARDIZE, KEEP, LOSS_NAMES, MIXED_PRECISION,
+                                    OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig)
 from bnp_cxr.workspace import BACKBONE_NAMES, RECORDS_DIR, RUNS_DIR
 
 
@@ -78,6 +78,10 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
     options.add_argument("--members", type=int, metavar="N",
                          help="train N models (seeds seed..seed+N-1) and save their mean as model.keras (default: "
                               f"{CPU_MEMBERS} with the CPU backbone, else 1)")
+    options.add_argument("--model-px", type=int, metavar="PX",
+                         help="the resolution the model reads: larger images are area-averaged down to it inside "
+                              "the model (a whole factor; heatmaps stay at --size); at or above --size, the full "
+                              f"size (default: {CPU_MODEL_PX} with the CPU backbone, the full size otherwise)")
 
 
 def training_options(args: argparse.Namespace) -> dict:

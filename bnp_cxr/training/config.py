@@ -36,6 +36,10 @@ CPU_MEMBERS = 5
 # (bench/site_shift.py, bench/results/shenzhen_site_shift128.json); on NIH folds level with the ensemble without it
 # (bench/nih_recipe.py --recipes default_site, bench/results/nih_ensemble5_site.json).
 CPU_SITE_AUGMENT = True
+# The resolution the CPU recipe's small CNN reads: larger records are area-averaged down to it inside the model
+# (models.build_model). Its members read NIH folds better at 128 px than at 256 px, and a 256 px run then trains
+# in about a third of the time (bench/nih_recipe.py --size 256 --recipes default default_full_res).
+CPU_MODEL_PX = 128
 CONFIG_FILE = RunDir.CONFIG
 
 # Huynh et al. (MIDL 2022): ImageNet ResNet152, L1 on log10 labels, Adam, their patient split (here: the
@@ -45,11 +49,12 @@ PRESETS: dict[str, dict[str, Any]] = {
               "schedule": "constant", "keep": "best"},
 }
 # What a config.json saved before these options existed was trained with (from_json, the run report).
+# (model_px: the records' size, filled in by from_json.)
 SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best", "members": 1, "site_augment": False}
 # Options that define what a run learns: a resumed run must keep them (epochs may grow).
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
-                   "site_augment", "standardize", "loss", "loss_weights", "dropout", "keep", "members")
+                   "site_augment", "standardize", "loss", "loss_weights", "dropout", "keep", "members", "model_px")
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,9 @@ class TrainConfig:
     loss_weights: tuple[float, float] = (1.0, 1.0)  # [BNP, BNPP]
     dropout: float = 0.2
     members: int | None = None  # models averaged into model.keras (training.ensemble); None: by backbone (resolve)
+    # the resolution the model reads, px: records larger than it are area-averaged down to it inside the model
+    # (a whole factor of size); at or above size: the full size. None: by backbone (resolve)
+    model_px: int | None = None
     # last: the final epoch, where the cosine schedule has annealed the rate to 0; best: the lowest val loss,
     # which on a val split of ~140 images picks an epoch partly by chance (bench/keep_epoch.py).
     keep: str = "last"
@@ -119,6 +127,8 @@ class TrainConfig:
             problems.append("site_augment is part of the training augmentation: it needs augment on")
         if self.members is not None and self.members < 1:
             problems.append(f"members must be >= 1, got {self.members}")
+        if self.model_px is not None and (self.model_px < 1 or self.size % min(self.model_px, self.size)):
+            problems.append(f"model_px must divide size {self.size} px (or be >= it), got {self.model_px}")
         if self.standardize is not None and self.standardize not in STANDARDIZATIONS:
             problems.append(f"standardize must be one of {STANDARDIZATIONS}, got {self.standardize!r}")
         if self.preset is not None and self.preset not in PRESETS:
@@ -158,6 +168,8 @@ class TrainConfig:
         kept = {key: value for key, value in values.items() if key in names}
         if "loss_weights" in kept:
             kept["loss_weights"] = tuple(kept["loss_weights"])
+        if "model_px" not in kept:  # saved before the option: the model read the records' full size
+            kept["model_px"] = kept.get("size", cls.size)
         return cls(**{**SAVED_BEFORE_OPTIONS, **kept})
 
 
@@ -225,6 +237,13 @@ def resolve(config: TrainConfig, n_gpus: int) -> tuple[TrainConfig, list[str]]:
         notes.append(f"{CPU_MEMBERS} models averaged into model.keras (the {CPU_BACKBONE} recipe's ensemble; "
                      "--members to choose)." if cpu_recipe else
                      "One model (as the paper; --members N for an ensemble).")
+    reads = min(config.model_px or (CPU_MODEL_PX if cpu_recipe else config.size), config.size)
+    if reads != config.model_px:
+        changes["model_px"] = reads
+    if reads < config.size:
+        notes.append(f"The model reads the {config.size} px images area-averaged to {reads} px "
+                     f"({why if config.model_px is None else '--model-px'}; --model-px {config.size} reads them in "
+                     "full).")
     if config.mixed_precision == "auto":
         changes["mixed_precision"] = "on" if n_gpus else "off"
         notes.append(f"Mixed precision {changes['mixed_precision']} ({'a' if n_gpus else 'no'} GPU visible).")
