@@ -49,6 +49,8 @@ RECIPES: dict[str, dict] = {
     "default": {},  # on a CPU: the ensemble of CPU_MEMBERS small CNNs (training.ensemble), site augmentation on
     # the default reading the records in full ("size": model_px = --size) instead of at CPU_MODEL_PX
     "full_res": {"model_px": "size"},
+    # the default with wider conv blocks (small_cnn widths 24-160 -> 32-256: about twice the training time)
+    "wide": {"widths": (32, 64, 128, 256)},
     # single models (members 1): the CPU default before the real-image work (plain window, model.keras = the
     # lowest val loss), then one ingredient each
     "before": {"backbone": "small_cnn", "standardize": "none", "keep": "best", "members": 1, "site_augment": False,
@@ -153,10 +155,11 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
         options["weights"] = str(phantom_checkpoint(args.work, size, args.workers))
     if options.get("model_px") == "size":
         options["model_px"] = size
-    # Every option with the defaults filled in, and the resolution the model reads resolved (a run saved before
-    # model_px existed read its records in full): a run trained under other defaults is not reused.
+    # Every option with the defaults filled in, and the architecture's resolution and widths resolved (a run saved
+    # before those options read its records in full, with the widths of then): a run trained otherwise is not reused.
     config = make_config(options)
-    config = dataclasses.replace(config, model_px=resolve(config, gpus_visible())[0].model_px)
+    resolved = resolve(config, gpus_visible())[0]
+    config = dataclasses.replace(config, model_px=resolved.model_px, widths=resolved.widths)
     key = {"config": config.to_json(), "n_boot": args.n_boot,
            "records_sha256": data_fingerprint(records, size)["sha256"]}
     saved = run_dir / BENCH_ROW

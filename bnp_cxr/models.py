@@ -24,7 +24,7 @@ import numpy as np
 from keras import layers
 from keras.src.utils import naming
 
-from bnp_cxr.workspace import BACKBONE_NAMES
+from bnp_cxr.workspace import BACKBONE_NAMES, SMALL_CNN_WIDTHS
 
 OUTPUT_NAME = "log10_bnp_bnpp"
 POOL_NAME = "global_pool"
@@ -77,7 +77,7 @@ class GrayscaleStem(layers.Layer):
         return {**super().get_config(), "scale": list(self.scale), "offset": list(self.offset)}
 
 
-def small_cnn_features(x, widths: tuple[int, ...] = (24, 48, 96, 160), bn_momentum: float = 0.9):
+def small_cnn_features(x, widths: tuple[int, ...] = SMALL_CNN_WIDTHS, bn_momentum: float = 0.9):
     """A few conv blocks (stride-2 stem, then conv-BN-ReLU pairs and 2x max pools); 1/16 resolution output."""
     # BatchNorm momentum 0.9 (Keras: 0.99): a few hundred images give only ~10 steps per epoch, and
     # slow moving averages would leave validation on stale statistics for many epochs.
@@ -100,8 +100,9 @@ def small_cnn_features(x, widths: tuple[int, ...] = (24, 48, 96, 160), bn_moment
 class Backbone:
     """How to build one backbone on an input tensor; `imagenet_stem` None = no ImageNet weights exist."""
 
-    build: Callable  # (input_tensor, weights, imagenet_stem: bool) -> feature tensor [B, h, w, C]
+    build: Callable  # (input_tensor, weights, imagenet_stem: bool[, widths]) -> feature tensor [B, h, w, C]
     imagenet_stem: str | None = None
+    widths: bool = False  # whether build takes the conv widths (widths=...)
 
 
 def _application(constructor_name: str, **imagenet_kwargs) -> Callable:
@@ -118,7 +119,8 @@ BACKBONES: dict[str, Backbone] = {
     "densenet121": Backbone(_application("DenseNet121"), "torch"),
     # include_preprocessing=True: EfficientNetV2 rescales 0..255 inputs itself (keras.applications docs).
     "efficientnetv2s": Backbone(_application("EfficientNetV2S", include_preprocessing=True), "raw255"),
-    "small_cnn": Backbone(lambda x, weights, imagenet_stem: small_cnn_features(x)),  # for CPUs
+    "small_cnn": Backbone(lambda x, weights, imagenet_stem, widths=SMALL_CNN_WIDTHS: small_cnn_features(x, widths),
+                          widths=True),  # for CPUs
 }
 if tuple(BACKBONES) != BACKBONE_NAMES:
     raise ImportError(f"bnp_cxr.workspace.BACKBONE_NAMES {BACKBONE_NAMES} must list the backbones built here, "
@@ -135,7 +137,7 @@ def check_model_px(size: int, model_px: int | None) -> int:
 
 
 def _graph(backbone: str, size: int, *, imagenet_stem: bool, download: bool, dropout: float,
-           model_px: int | None = None) -> keras.Model:
+           model_px: int | None = None, widths: tuple[int, ...] | None = None) -> keras.Model:
     """The model graph; imagenet_stem: 3-channel ImageNet-style input; download: fetch ImageNet weights."""
     spec = BACKBONES[backbone]
     image = keras.Input((size, size, 1), name="image", dtype="float32")
@@ -148,7 +150,8 @@ def _graph(backbone: str, size: int, *, imagenet_stem: bool, download: bool, dro
         x = layers.AveragePooling2D(size // reads, name=DOWNSAMPLE_NAME)(x)
     x = GrayscaleStem(scale, offset, name=STEM_NAME)(x)
     try:
-        features = spec.build(x, "imagenet" if download else None, imagenet_stem)
+        features = spec.build(x, "imagenet" if download else None, imagenet_stem,
+                              **({"widths": tuple(widths)} if widths else {}))
     except Exception as error:  # keras' get_file raises a bare Exception("URL fetch failure ...")
         if download and ("URL fetch failure" in str(error) or isinstance(error, (urllib.error.URLError, OSError))):
             raise WeightsDownloadError(
@@ -165,11 +168,13 @@ def _graph(backbone: str, size: int, *, imagenet_stem: bool, download: bool, dro
 
 
 def build_model(backbone: str, size: int, *, weights: str | None = None, dropout: float = 0.2,
-                model_px: int | None = None, log: Callable[[str], None] | None = None) -> keras.Model:
+                model_px: int | None = None, widths: Sequence[int] | None = None,
+                log: Callable[[str], None] | None = None) -> keras.Model:
     """A regressor [B, size, size, 1] in [0, 1] -> float32 [B, 2] = [log10 BNP, log10 BNPP].
 
     model_px: the resolution the backbone reads; below `size` the input is area-averaged down to it in the
-    graph (a whole factor); None or >= size: the full size.
+    graph (a whole factor); None or >= size: the full size. widths: the conv blocks' channels of a backbone that
+    takes them (small_cnn; None: its default SMALL_CNN_WIDTHS).
 
     weights: None (from scratch, 1-channel stem), "imagenet" (3-channel replicated input with the
     backbone's own ImageNet preprocessing in the graph), or a path to a .weights.h5 / .keras file,
@@ -180,12 +185,16 @@ def build_model(backbone: str, size: int, *, weights: str | None = None, dropout
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if widths is not None and not (BACKBONES[backbone].widths and widths and min(widths) >= 1):
+        raise ValueError(f"widths {tuple(widths)}: {backbone} takes no widths" if not BACKBONES[backbone].widths
+                         else f"widths must be one or more positive channel counts, got {tuple(widths)}")
+    graph_options = {"dropout": dropout, "model_px": model_px, "widths": widths}
     imagenet_ok = BACKBONES[backbone].imagenet_stem is not None
     if weights is None or weights == "imagenet":
         if weights == "imagenet" and not imagenet_ok:
             raise ValueError(f"{backbone} has no ImageNet weights; use weights=None")
         imagenet = weights == "imagenet"
-        return _graph(backbone, size, imagenet_stem=imagenet, download=imagenet, dropout=dropout, model_px=model_px)
+        return _graph(backbone, size, imagenet_stem=imagenet, download=imagenet, **graph_options)
     path = Path(weights)
     if not path.name.endswith(WEIGHTS_SUFFIXES):
         raise ValueError(f"weights file {path} must end with one of {WEIGHTS_SUFFIXES} (or pass 'imagenet' / None)")
@@ -195,8 +204,7 @@ def build_model(backbone: str, size: int, *, weights: str | None = None, dropout
     errors = []
     # A run started from ImageNet keeps the 3-channel stem, a scratch run the 1-channel one: try both.
     for imagenet_stem in (False, True) if imagenet_ok else (False,):
-        model = _graph(backbone, size, imagenet_stem=imagenet_stem, download=False, dropout=dropout,
-                       model_px=model_px)
+        model = _graph(backbone, size, imagenet_stem=imagenet_stem, download=False, **graph_options)
         try:
             report = load_checkpoint(model, checkpoint)
         except ValueError as error:

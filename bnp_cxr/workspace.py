@@ -23,6 +23,7 @@ PREDICTIONS_DIR = WORK_DIR / "predictions"
 SPLITS = ("train", "val", "test")
 # bnp_cxr.models.BACKBONES builds them; named here so that option parsing and configs need no Keras.
 BACKBONE_NAMES = ("resnet152", "resnet50", "densenet121", "efficientnetv2s", "small_cnn")
+SMALL_CNN_WIDTHS = (24, 48, 96, 160)  # channels of small_cnn's conv blocks unless a run sets its own (--widths)
 PAPER_SIZES = (64, 128, 256, 512, 1024)  # px, Huynh et al.
 DEFAULT_SIZES = (64, 128, 256)  # px, what a CPU demo writes
 

@@ -125,6 +125,9 @@ def test_weights_file_of_an_imagenet_run_gets_the_three_channel_stem(fake_downlo
     ("small_cnn", "missing.weights.h5", {}, FileNotFoundError, "not found"),
     ("small_cnn", "weights.pt", {}, ValueError, "must end with"),
     ("small_cnn", None, {"model_px": 48}, ValueError, "model_px must divide the image size: 64 px"),
+    ("resnet50", None, {"widths": (8, 16)}, ValueError, "resnet50 takes no widths"),
+    ("small_cnn", None, {"widths": ()}, ValueError, "widths must be one or more positive"),
+    ("small_cnn", None, {"widths": (8, 0)}, ValueError, "widths must be one or more positive"),
 ])
 def test_bad_arguments_are_rejected(backbone, weights, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -220,6 +223,13 @@ def test_model_px_reads_the_image_area_averaged_by_a_whole_factor(tmp_path, imag
     other = build_model("small_cnn", SIZE, model_px=model_px)
     np.testing.assert_allclose(ensemble_model([model, other])(images), (model(images) + other(images)) / 2,
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("widths, channels, pools", [(None, 160, 3), ((8, 16), 16, 1), ((8, 16, 24, 32, 40), 40, 4)])
+def test_small_cnn_widths_set_its_blocks(widths, channels, pools):
+    model = build_model("small_cnn", SIZE, widths=widths)
+    assert model.get_layer("features").output.shape[-1] == channels
+    assert sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers) == pools
 
 
 def test_load_model_round_trip(tmp_path, images):

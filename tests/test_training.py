@@ -23,7 +23,7 @@ from bnp_cxr.training.loop import (BACKUP_DIR, HISTORY_FILE, MODEL_FILE, complet
                                    learning_rate, read_history, strategy_kind,
                                    tensorboard_available)
 from bnp_cxr.training.optimizers import make_optimizer
-from bnp_cxr.workspace import RunDir
+from bnp_cxr.workspace import SMALL_CNN_WIDTHS, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN = math.nan
@@ -206,6 +206,7 @@ def test_site_augment_resolves_by_recipe(options, n_gpus, expected, says):
 def test_model_px_resolves_by_recipe(options, n_gpus, expected, says):
     config, notes = resolve(make_config(options), n_gpus)
     assert config.model_px == expected
+    assert config.widths == (SMALL_CNN_WIDTHS if config.backbone == "small_cnn" else None)
     said = [note for note in notes if note.startswith("The model reads")]
     assert len(said) == (says is not None) and all(says in note for note in said)
 
@@ -230,6 +231,7 @@ def test_paper_preset_and_explicit_options_win():
     ({"keep": "first"}, "keep must be one of"),
     ({"site_augment": True, "augment": False}, "site_augment is part of the training augmentation"),
     ({"size": 256, "model_px": 96}, "model_px must divide size 256 px"), ({"model_px": 0}, "model_px must divide"),
+    ({"backbone": "resnet50", "widths": (8,)}, "widths .* need backbone small_cnn"), ({"widths": (0, 8)}, "widths"),
 ])
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
@@ -246,7 +248,10 @@ def test_config_json_round_trip_and_identity_mismatches():
     assert identity_mismatches(TrainConfig(model_px=128), TrainConfig(model_px=256)) == ["model_px: 128 -> 256"]
     # a config.json saved before model_px existed: that model read its records in full
     saved = {key: value for key, value in TrainConfig(size=256).to_json().items() if key != "model_px"}
-    assert TrainConfig.from_json(saved).model_px == 256
+    saved = {key: value for key, value in saved.items() if key != "widths"}
+    assert (TrainConfig.from_json(saved).model_px, TrainConfig.from_json(saved).widths) == (256, (24, 48, 96, 160))
+    assert TrainConfig.from_json({**saved, "backbone": "resnet50"}).widths is None
+    assert identity_mismatches(TrainConfig(widths=(8,)), TrainConfig(widths=(8, 16))) == ["widths: (8,) -> (8, 16)"]
 
 
 @pytest.mark.parametrize("tf_config, n_gpus, expected", [
@@ -483,7 +488,7 @@ def test_cli_optimizer_loss_and_site_augment_options_are_used_and_recorded(recor
     args = build_parser().parse_args(["--optimizer", "adamw", "--weight-decay", "1e-4", "--records", str(records),
                                       "--run-dir", str(tmp_path / "run"), "--size", "64", "--backbone", "small_cnn",
                                       "--epochs", "1", "--batch-size", "8", "--mixed-precision", "off", "--loss", "l2",
-                                      "--members", "1", "--site-augment", "--model-px", "32"])
+                                      "--members", "1", "--site-augment", "--model-px", "32", "--widths", "8", "16"])
     seen = []
 
     class Optimizer(keras.callbacks.Callback):
@@ -499,6 +504,7 @@ def test_cli_optimizer_loss_and_site_augment_options_are_used_and_recorded(recor
     assert saved["loss"] == "l2" and saved["site_augment"] is True and saved["model_px"] == 32
     model = load_compiled_model(result.run_dir / MODEL_FILE)
     assert type(model.loss) is MaskedL2 and model.get_layer(DOWNSAMPLE_NAME).pool_size == (2, 2)
+    assert saved["widths"] == [8, 16] and model.get_layer("features").output.shape[-1] == 16
 
 
 def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_path):

@@ -8,7 +8,7 @@ import dataclasses
 from bnp_cxr.records.standardize import STANDARDIZATIONS
 from bnp_cxr.training.config import (CPU_MEMBERS, CPU_MODEL_PX, CPU_STANDARDIZE, KEEP, LOSS_NAMES, MIXED_PRECISION,
                                     OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig)
-from bnp_cxr.workspace import BACKBONE_NAMES, RECORDS_DIR, RUNS_DIR
+from bnp_cxr.workspace import BACKBONE_NAMES, RECORDS_DIR, RUNS_DIR, SMALL_CNN_WIDTHS
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, *, per_run: bool = True, title: str | None = None) -> None:
@@ -82,6 +82,9 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
                          help="the resolution the model reads: larger images are area-averaged down to it inside "
                               "the model (a whole factor; heatmaps stay at --size); at or above --size, the full "
                               f"size (default: {CPU_MODEL_PX} with the CPU backbone, the full size otherwise)")
+    options.add_argument("--widths", type=int, nargs="+", metavar="C",
+                         help=f"channels of the small CNN's conv blocks, one per block (default: "
+                              f"{' '.join(map(str, SMALL_CNN_WIDTHS))})")
 
 
 def training_options(args: argparse.Namespace) -> dict:
@@ -90,6 +93,7 @@ def training_options(args: argparse.Namespace) -> dict:
     options = {key: value for key, value in vars(args).items() if key in names and value is not None}
     if "weights" in options and options["weights"].lower() == "none":
         options["weights"] = None
-    if "loss_weights" in options:
-        options["loss_weights"] = tuple(options["loss_weights"])
+    for name in ("loss_weights", "widths"):
+        if name in options:
+            options[name] = tuple(options[name])
     return options

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bnp_cxr.records.standardize import STANDARDIZATIONS
-from bnp_cxr.workspace import BACKBONE_NAMES, RECORDS_DIR, RUNS_DIR, RunDir
+from bnp_cxr.workspace import BACKBONE_NAMES, RECORDS_DIR, RUNS_DIR, SMALL_CNN_WIDTHS, RunDir
 
 DEFAULT_RECORDS = str(RECORDS_DIR)
 DEFAULT_RUNS = str(RUNS_DIR)
@@ -49,12 +49,14 @@ PRESETS: dict[str, dict[str, Any]] = {
               "schedule": "constant", "keep": "best"},
 }
 # What a config.json saved before these options existed was trained with (from_json, the run report).
-# (model_px: the records' size, filled in by from_json.)
+# (model_px: the records' size, and small_cnn's widths: SAVED_BEFORE_WIDTHS, filled in by from_json.)
+SAVED_BEFORE_WIDTHS = (24, 48, 96, 160)
 SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best", "members": 1, "site_augment": False}
 # Options that define what a run learns: a resumed run must keep them (epochs may grow).
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
-                   "site_augment", "standardize", "loss", "loss_weights", "dropout", "keep", "members", "model_px")
+                   "site_augment", "standardize", "loss", "loss_weights", "dropout", "keep", "members", "model_px",
+                   "widths")
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class TrainConfig:
     # the resolution the model reads, px: records larger than it are area-averaged down to it inside the model
     # (a whole factor of size); at or above size: the full size. None: by backbone (resolve)
     model_px: int | None = None
+    widths: tuple[int, ...] | None = None  # small_cnn's conv block channels; None: workspace.SMALL_CNN_WIDTHS (resolve)
     # last: the final epoch, where the cosine schedule has annealed the rate to 0; best: the lowest val loss,
     # which on a val split of ~140 images picks an epoch partly by chance (bench/keep_epoch.py).
     keep: str = "last"
@@ -133,6 +136,10 @@ class TrainConfig:
             problems.append(f"standardize must be one of {STANDARDIZATIONS}, got {self.standardize!r}")
         if self.preset is not None and self.preset not in PRESETS:
             problems.append(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.widths is not None and (self.backbone not in (None, CPU_BACKBONE) or not self.widths
+                                        or min(self.widths) < 1):
+            problems.append(f"widths (channels of {CPU_BACKBONE}'s conv blocks) must be positive and need backbone "
+                            f"{CPU_BACKBONE}, got {self.widths} with backbone {self.backbone}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -166,8 +173,11 @@ class TrainConfig:
         """A config from `to_json` output (unknown keys, e.g. versions in config.json, are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         kept = {key: value for key, value in values.items() if key in names}
-        if "loss_weights" in kept:
-            kept["loss_weights"] = tuple(kept["loss_weights"])
+        for name in ("loss_weights", "widths"):
+            if kept.get(name) is not None:
+                kept[name] = tuple(kept[name])
+        if "widths" not in kept and kept.get("backbone") in (None, CPU_BACKBONE):  # saved before the option
+            kept["widths"] = SAVED_BEFORE_WIDTHS
         if "model_px" not in kept:  # saved before the option: the model read the records' full size
             kept["model_px"] = kept.get("size", cls.size)
         return cls(**{**SAVED_BEFORE_OPTIONS, **kept})
@@ -244,6 +254,8 @@ def resolve(config: TrainConfig, n_gpus: int) -> tuple[TrainConfig, list[str]]:
         notes.append(f"The model reads the {config.size} px images area-averaged to {reads} px "
                      f"({why if config.model_px is None else '--model-px'}; --model-px {config.size} reads them in "
                      "full).")
+    if config.widths is None and changes.get("backbone", config.backbone) == CPU_BACKBONE:
+        changes["widths"] = SMALL_CNN_WIDTHS
     if config.mixed_precision == "auto":
         changes["mixed_precision"] = "on" if n_gpus else "off"
         notes.append(f"Mixed precision {changes['mixed_precision']} ({'a' if n_gpus else 'no'} GPU visible).")

@@ -290,7 +290,7 @@ def _compile(config: TrainConfig, cluster: Cluster, steps: int, element_spec, lo
 
     with cluster.strategy.scope():
         model = build_model(config.backbone, config.size, weights=config.weights, dropout=config.dropout,
-                            model_px=config.model_px, log=log if cluster.chief else None)
+                            model_px=config.model_px, widths=config.widths, log=log if cluster.chief else None)
         if config.sync_batchnorm:
             synchronized = synchronize_batchnorm(model)
             if cluster.chief:
