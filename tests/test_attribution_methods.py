@@ -243,3 +243,16 @@ def test_every_library_method_runs_through_attribution_maps(model, images, metho
     maps = attribution_maps(model, images[:1], method, config=config)
     assert maps.shape == (1, SIZE, SIZE) and maps.dtype == np.float32 and np.isfinite(maps).all()
     assert np.abs(maps).max() > 0
+
+
+@pytest.mark.parametrize("method", ["vanilla", "gradcam"])
+def test_a_model_reading_at_half_size_is_explained_at_the_input_size(method):
+    size = 2 * SIZE  # the small CNN reads SIZE px: a feature map of more than one cell
+    images = np.random.default_rng(3).uniform(size=(3, size, size, 1)).astype(np.float32)
+    model = build_model("small_cnn", size, model_px=SIZE)
+    maps = attribution_maps(model, images, method, target="bnpp")
+    assert maps.shape == (3, size, size) and np.isfinite(maps).all()
+    if method == "vanilla":  # the area-averaging gives each 2 x 2 block one gradient
+        blocks = maps.reshape(3, SIZE, 2, SIZE, 2)
+        assert maps.max() > 0
+        np.testing.assert_allclose(blocks.max(axis=(2, 4)), blocks.min(axis=(2, 4)), rtol=1e-6)
