@@ -102,7 +102,7 @@ class Backbone:
 
     build: Callable  # (input_tensor, weights, imagenet_stem: bool[, widths]) -> feature tensor [B, h, w, C]
     imagenet_stem: str | None = None
-    widths: bool = False  # whether build takes the conv widths (widths=...)
+    takes_widths: bool = False  # whether build takes the conv blocks' channels (widths=...)
 
 
 def _application(constructor_name: str, **imagenet_kwargs) -> Callable:
@@ -120,7 +120,7 @@ BACKBONES: dict[str, Backbone] = {
     # include_preprocessing=True: EfficientNetV2 rescales 0..255 inputs itself (keras.applications docs).
     "efficientnetv2s": Backbone(_application("EfficientNetV2S", include_preprocessing=True), "raw255"),
     "small_cnn": Backbone(lambda x, weights, imagenet_stem, widths=SMALL_CNN_WIDTHS: small_cnn_features(x, widths),
-                          widths=True),  # for CPUs
+                          takes_widths=True),  # for CPUs
 }
 if tuple(BACKBONES) != BACKBONE_NAMES:
     raise ImportError(f"bnp_cxr.workspace.BACKBONE_NAMES {BACKBONE_NAMES} must list the backbones built here, "
@@ -185,8 +185,8 @@ def build_model(backbone: str, size: int, *, weights: str | None = None, dropout
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if widths is not None and not (BACKBONES[backbone].widths and widths and min(widths) >= 1):
-        raise ValueError(f"widths {tuple(widths)}: {backbone} takes no widths" if not BACKBONES[backbone].widths
+    if widths is not None and not (BACKBONES[backbone].takes_widths and widths and min(widths) >= 1):
+        raise ValueError(f"widths {tuple(widths)}: {backbone} takes no widths" if not BACKBONES[backbone].takes_widths
                          else f"widths must be one or more positive channel counts, got {tuple(widths)}")
     graph_options = {"dropout": dropout, "model_px": model_px, "widths": widths}
     imagenet_ok = BACKBONES[backbone].imagenet_stem is not None
