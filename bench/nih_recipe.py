@@ -49,7 +49,7 @@ RECIPES: dict[str, dict] = {
     "default": {},  # on a CPU: the ensemble of CPU_MEMBERS small CNNs (training.ensemble), site augmentation on
     # the default reading the records in full ("size": model_px = --size) instead of at CPU_MODEL_PX
     "full_res": {"model_px": "size"},
-    # the default with wider conv blocks (small_cnn widths 24-160 -> 32-256: about twice the training time)
+    # the default with wider conv blocks (small_cnn widths 24-160 -> 32-256: 1.4x the training time at 256 px)
     "wide": {"widths": (32, 64, 128, 256)},
     # single models (members 1): the CPU default before the real-image work (plain window, model.keras = the
     # lowest val loss), then one ingredient each

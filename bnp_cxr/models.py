@@ -24,7 +24,7 @@ import numpy as np
 from keras import layers
 from keras.src.utils import naming
 
-from bnp_cxr.workspace import BACKBONE_NAMES, SMALL_CNN_WIDTHS
+from bnp_cxr.workspace import BACKBONE_NAMES, SMALL_CNN_WIDTHS, model_reads_px
 
 OUTPUT_NAME = "log10_bnp_bnpp"
 POOL_NAME = "global_pool"
@@ -127,15 +127,6 @@ if tuple(BACKBONES) != BACKBONE_NAMES:
                       f"{tuple(BACKBONES)}")
 
 
-def check_model_px(size: int, model_px: int | None) -> int:
-    """The resolution the model reads (px) for records of `size` px: model_px, at most size; a divisor of it."""
-    if model_px is None or model_px >= size:
-        return size
-    if model_px < 1 or size % model_px:
-        raise ValueError(f"model_px must divide the image size: {size} px is not a whole multiple of {model_px} px")
-    return model_px
-
-
 def _graph(backbone: str, size: int, *, imagenet_stem: bool, download: bool, dropout: float,
            model_px: int | None = None, widths: tuple[int, ...] | None = None) -> keras.Model:
     """The model graph; imagenet_stem: 3-channel ImageNet-style input; download: fetch ImageNet weights."""
@@ -143,7 +134,7 @@ def _graph(backbone: str, size: int, *, imagenet_stem: bool, download: bool, dro
     image = keras.Input((size, size, 1), name="image", dtype="float32")
     scale, offset = IMAGENET_STEMS[spec.imagenet_stem] if imagenet_stem else SCRATCH_STEM
     x = image
-    reads = check_model_px(size, model_px)
+    reads = model_reads_px(size, model_px)
     if reads < size:
         # Area averaging by a whole factor, as cv2.INTER_AREA makes the smaller records: the model reads the image as
         # records written at model_px would show it, while inputs, saliency and heatmaps stay at `size` px.

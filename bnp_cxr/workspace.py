@@ -27,6 +27,15 @@ SMALL_CNN_WIDTHS = (24, 48, 96, 160)  # channels of small_cnn's conv blocks unle
 PAPER_SIZES = (64, 128, 256, 512, 1024)  # px, Huynh et al.
 DEFAULT_SIZES = (64, 128, 256)  # px, what a CPU demo writes
 
+
+def model_reads_px(size: int, model_px: int | None) -> int:
+    """The resolution (px) a model reads from `size` px images: model_px, at most size (None: size); a divisor of it."""
+    if model_px is None or model_px >= size:
+        return size
+    if model_px < 1 or size % model_px:
+        raise ValueError(f"model_px must divide the image size: {size} px is not a whole multiple of {model_px} px")
+    return model_px
+
 # Positive for heart failure / cardiogenic oedema (Huynh et al., MIDL 2022): BNPP > 400 or BNP > 100 pg/mL.
 BNPP_THRESHOLD_PG_ML = 400.0
 BNP_THRESHOLD_PG_ML = 100.0

@@ -230,7 +230,8 @@ def test_paper_preset_and_explicit_options_win():
     ({"optimizer": "sgd", "momentum": 1.0}, "momentum must be in"), ({"loss": "huber"}, "loss must be one of"),
     ({"keep": "first"}, "keep must be one of"),
     ({"site_augment": True, "augment": False}, "site_augment is part of the training augmentation"),
-    ({"size": 256, "model_px": 96}, "model_px must divide size 256 px"), ({"model_px": 0}, "model_px must divide"),
+    ({"size": 256, "model_px": 96}, "model_px must divide the image size: 256 px"),
+    ({"model_px": 0}, "model_px must divide"),
     ({"backbone": "resnet50", "widths": (8,)}, "widths .* need backbone small_cnn"), ({"widths": (0, 8)}, "widths"),
 ])
 def test_bad_options_are_rejected(options, message):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bnp_cxr.records.standardize import STANDARDIZATIONS
-from bnp_cxr.workspace import BACKBONE_NAMES, RECORDS_DIR, RUNS_DIR, SMALL_CNN_WIDTHS, RunDir
+from bnp_cxr.workspace import BACKBONE_NAMES, RECORDS_DIR, RUNS_DIR, SMALL_CNN_WIDTHS, RunDir, model_reads_px
 
 DEFAULT_RECORDS = str(RECORDS_DIR)
 DEFAULT_RUNS = str(RUNS_DIR)
@@ -131,8 +131,10 @@ class TrainConfig:
             problems.append("site_augment is part of the training augmentation: it needs augment on")
         if self.members is not None and self.members < 1:
             problems.append(f"members must be >= 1, got {self.members}")
-        if self.model_px is not None and (self.model_px < 1 or self.size % min(self.model_px, self.size)):
-            problems.append(f"model_px must divide size {self.size} px (or be >= it), got {self.model_px}")
+        try:
+            model_reads_px(self.size, self.model_px)
+        except ValueError as error:
+            problems.append(str(error))
         if self.standardize is not None and self.standardize not in STANDARDIZATIONS:
             problems.append(f"standardize must be one of {STANDARDIZATIONS}, got {self.standardize!r}")
         if self.preset is not None and self.preset not in PRESETS:
@@ -248,7 +250,7 @@ def resolve(config: TrainConfig, n_gpus: int) -> tuple[TrainConfig, list[str]]:
         notes.append(f"{CPU_MEMBERS} models averaged into model.keras (the {CPU_BACKBONE} recipe's ensemble; "
                      "--members to choose)." if cpu_recipe else
                      "One model (as the paper; --members N for an ensemble).")
-    reads = min(config.model_px or (CPU_MODEL_PX if cpu_recipe else config.size), config.size)
+    reads = model_reads_px(config.size, config.model_px or (CPU_MODEL_PX if cpu_recipe else config.size))
     if reads != config.model_px:
         changes["model_px"] = reads
     if reads < config.size:
