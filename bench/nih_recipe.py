@@ -46,7 +46,10 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "nih"
 N_FOLDS, FOLD_SEED, VAL_FRACTION = 5, 0, 0.125
 # TrainConfig options over the defaults; "default" is whatever `python tools/train.py` resolves to on a CPU.
 RECIPES: dict[str, dict] = {
-    "default": {},  # on a CPU: the ensemble of CPU_MEMBERS small CNNs (training.ensemble), site augmentation on
+    "default": {},  # on a CPU: SimCLR pretraining (training.pretrain), then the ensemble of CPU_MEMBERS small CNNs
+    # (training.ensemble) starting from its encoder, site augmentation on
+    # the default from scratch: no pretraining (the CPU default before training.pretrain)
+    "scratch": {"pretrain": "none"},
     # the default reading the records in full ("size": model_px = --size) instead of at CPU_MODEL_PX
     "full_res": {"model_px": "size"},
     # the default with wider conv blocks (small_cnn widths 24-160 -> 32-256: 1.4x the training time at 256 px)
@@ -54,7 +57,7 @@ RECIPES: dict[str, dict] = {
     # single models (members 1): the CPU default before the real-image work (plain window, model.keras = the
     # lowest val loss), then one ingredient each
     "before": {"backbone": "small_cnn", "standardize": "none", "keep": "best", "members": 1, "site_augment": False,
-               "model_px": "size"},
+               "model_px": "size", "pretrain": "none"},
     "single": {"members": 1},  # one model of the default recipe (the default before ensembles)
     "clahe": {"backbone": "small_cnn", "standardize": "clahe", "members": 1},
     "no_augment": {"augment": False, "members": 1},
@@ -131,7 +134,8 @@ def phantom_checkpoint(work: Path, size: int, workers: int) -> Path:
     write_records(load_manifest(cohort / "manifest.csv", cohort / "labs.csv"), records,
                   IngestConfig(sizes=(size,), workers=workers, resume=True, progress=False))
     # resume: a finished run trains nothing, an interrupted one goes on
-    train(make_config({"records_dir": str(records), "size": size, "run_dir": str(run_dir.path), "members": 1},
+    train(make_config({"records_dir": str(records), "size": size, "run_dir": str(run_dir.path), "members": 1,
+                       "pretrain": "none"},
                       resume=True),
           verbose=0, log=lambda _: None)
     return run_dir.model
@@ -176,6 +180,7 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
     row = {"recipe": name, "fold": fold, "seed": seed, "size_px": size, "model_px": result.config.model_px,
            "epochs": result.config.epochs,
            "standardize": result.config.standardize, "keep": result.config.keep, "loss": result.config.loss,
+           "pretrain": result.config.pretrain,
            "members": result.config.members, "train_min": round(train_min, 1), **score_row(evaluation)}
     if result.config.members > 1:  # each member alone too: single models and their ensemble from one training
         row["member_aucs"] = [score_row(evaluate_run(RunDir(run_dir).member(k).path, records, split="test",

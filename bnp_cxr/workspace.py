@@ -76,6 +76,9 @@ class RunDir:
     LOGS = "logs"  # TensorBoard
     BACKUP = "backup"  # BackupAndRestore state for --resume
     MEMBERS = "members"  # an ensemble's member runs, members/member{k}/, each a run folder of this layout
+    PRETRAIN = "pretrain"  # the self-supervised encoder the run starts from (training.pretrain), and its key
+    ENCODER = "encoder.keras"
+    ENCODER_KEY = "encoder.json"
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
@@ -91,6 +94,7 @@ class RunDir:
     metrics = _member(METRICS)
     predictions = _member(PREDICTIONS)
     logs = _member(LOGS)
+    encoder = _member(f"{PRETRAIN}/{ENCODER}")
 
     def member(self, index: int) -> "RunDir":
         """The run folder of an ensemble's member `index` (0-based): members/member{index}."""

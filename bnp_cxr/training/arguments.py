@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 
 from bnp_cxr.records.standardize import STANDARDIZATIONS
-from bnp_cxr.training.config import (CPU_MEMBERS, CPU_MODEL_PX, CPU_STANDARDIZE, KEEP, LOSS_NAMES, MIXED_PRECISION,
-                                    OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig)
+from bnp_cxr.training.config import (CPU_MEMBERS, CPU_MODEL_PX, CPU_PRETRAIN, CPU_STANDARDIZE, KEEP, LOSS_NAMES,
+                                    MIXED_PRECISION, OPTIMIZERS, PRESETS, PRETRAIN_METHODS, SCHEDULES, TrainConfig)
 from bnp_cxr.workspace import BACKBONE_NAMES, RECORDS_DIR, RUNS_DIR, SMALL_CNN_WIDTHS
 
 
@@ -82,6 +82,13 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
                          help="the resolution the model reads: larger images are area-averaged down to it inside "
                               "the model (a whole factor; heatmaps stay at --size); at or above --size, the full "
                               f"size (default: {CPU_MODEL_PX} with the CPU backbone, the full size otherwise)")
+    options.add_argument("--pretrain", choices=PRETRAIN_METHODS,
+                         help="self-supervised pretraining of the backbone on the train and val images (no labels) "
+                              "before training; simclr: contrastive views, saved as pretrain/encoder.keras in the run "
+                              f"folder and reused on --resume (default: {CPU_PRETRAIN} with the CPU backbone and no "
+                              "--weights, none otherwise)")
+    options.add_argument("--pretrain-epochs", type=int, metavar="N",
+                         help=f"passes of the pretraining over the train and val images (default: {d.pretrain_epochs})")
     options.add_argument("--widths", type=int, nargs="+", metavar="C",
                          help=f"channels of the small CNN's conv blocks, one per block (default: "
                               f"{' '.join(map(str, SMALL_CNN_WIDTHS))})")

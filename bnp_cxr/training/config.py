@@ -41,6 +41,10 @@ CPU_SITE_AUGMENT = True
 # 0.692 / 0.737 / 0.727 reading in full, 5-fold mean 0.770, in 11.4 min per fold against ~26.5
 # (bench/nih_recipe.py --size 256 --recipes default, bench/results/nih_default_256.json; README).
 CPU_MODEL_PX = 128
+# Self-supervised pretraining before the CPU recipe's supervised training (training.pretrain): SimCLR on the
+# records' own train and val images, no labels. "none": from scratch, or from --weights.
+PRETRAIN_METHODS = ("none", "simclr")
+CPU_PRETRAIN = "simclr"
 CONFIG_FILE = RunDir.CONFIG
 
 # Huynh et al. (MIDL 2022): ImageNet ResNet152, L1 on log10 labels, Adam, their patient split (here: the
@@ -52,12 +56,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 # What a config.json saved before these options existed was trained with (from_json, the run report).
 # (model_px: the records' size, and small_cnn's widths: SAVED_BEFORE_WIDTHS, filled in by from_json.)
 SAVED_BEFORE_WIDTHS = (24, 48, 96, 160)
-SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best", "members": 1, "site_augment": False}
+SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best", "members": 1, "site_augment": False, "pretrain": "none"}
 # Options that define what a run learns: a resumed run must keep them (epochs may grow).
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
                    "site_augment", "standardize", "loss", "loss_weights", "dropout", "keep", "members", "model_px",
-                   "widths")
+                   "widths", "pretrain", "pretrain_epochs")
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,10 @@ class TrainConfig:
     # (a whole factor of size); at or above size: the full size. None: by backbone (resolve)
     model_px: int | None = None
     widths: tuple[int, ...] | None = None  # small_cnn's conv block channels; None: workspace.SMALL_CNN_WIDTHS (resolve)
+    # self-supervised pretraining of the backbone first (PRETRAIN_METHODS); its encoder becomes `weights`.
+    # None: CPU_PRETRAIN for the CPU recipe without --weights, else none (resolve)
+    pretrain: str | None = None
+    pretrain_epochs: int = 60  # passes over the train and val images (training.pretrain)
     # last: the final epoch, where the cosine schedule has annealed the rate to 0; best: the lowest val loss,
     # which on a val split of ~140 images picks an epoch partly by chance (bench/keep_epoch.py).
     keep: str = "last"
@@ -108,8 +116,8 @@ class TrainConfig:
             problems.append(f"size must be >= 32 px, got {self.size}")
         if self.backbone is not None and self.backbone not in BACKBONE_NAMES:
             problems.append(f"backbone must be one of {sorted(BACKBONE_NAMES)}, got {self.backbone!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.shuffle_buffer < 1:
-            problems.append("epochs, batch_size and shuffle_buffer must be >= 1")
+        if min(self.epochs, self.batch_size, self.shuffle_buffer, self.pretrain_epochs) < 1:
+            problems.append("epochs, batch_size, shuffle_buffer and pretrain_epochs must be >= 1")
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
         problems.extend(self._optimizer_problems())
@@ -137,6 +145,10 @@ class TrainConfig:
             problems.append(str(error))
         if self.standardize is not None and self.standardize not in STANDARDIZATIONS:
             problems.append(f"standardize must be one of {STANDARDIZATIONS}, got {self.standardize!r}")
+        if self.pretrain is not None and self.pretrain not in PRETRAIN_METHODS:
+            problems.append(f"pretrain must be one of {PRETRAIN_METHODS}, got {self.pretrain!r}")
+        elif self.pretrain not in (None, "none") and self.weights == "imagenet":
+            problems.append(f"pretrain {self.pretrain} makes the starting weights: it cannot start from imagenet")
         if self.preset is not None and self.preset not in PRESETS:
             problems.append(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if self.widths is not None and (self.backbone not in (None, CPU_BACKBONE) or not self.widths
@@ -259,6 +271,13 @@ def resolve(config: TrainConfig, n_gpus: int) -> tuple[TrainConfig, list[str]]:
                      "full).")
     if config.widths is None and changes.get("backbone", config.backbone) == CPU_BACKBONE:
         changes["widths"] = SMALL_CNN_WIDTHS
+    if config.pretrain is None:
+        changes["pretrain"] = CPU_PRETRAIN if cpu_recipe and config.weights is None else "none"
+        if changes["pretrain"] != "none":
+            notes.append(f"Self-supervised pretraining ({changes['pretrain']}) on the train and val images first "
+                         f"({why}; --pretrain none to train from scratch).")
+    if changes.get("pretrain", config.pretrain) != "none" and config.weights is None:
+        changes["weights"] = os.path.abspath(RunDir(changes["run_dir"]).encoder)  # made by training.pretrain
     if config.mixed_precision == "auto":
         changes["mixed_precision"] = "on" if n_gpus else "off"
         notes.append(f"Mixed precision {changes['mixed_precision']} ({'a' if n_gpus else 'no'} GPU visible).")

@@ -42,6 +42,7 @@ def train_ensemble(config: TrainConfig, cluster: Cluster, notes: list[str], *, c
     """Train (or resume) every member of a resolved config with members > 1, then save the averaged model."""
     from bnp_cxr.models import ensemble_model, load_model
     from bnp_cxr.training.loop import TrainResult, check_run_dir, data_fingerprint, session_record, train
+    from bnp_cxr.training.pretrain import ensure_encoder
 
     run_dir = Path(config.run_dir)
     # The parent's own check (a folder in use, changed settings or data on --resume); members check theirs.
@@ -53,6 +54,7 @@ def train_ensemble(config: TrainConfig, cluster: Cluster, notes: list[str], *, c
         _write_config(config, [], data, sessions)
     for note in notes:
         log(note if cluster.chief else f"[{cluster.worker}] {note}")
+    ensure_encoder(config, data, workers=cluster.n_workers, log=log)  # one encoder for every member
     results = []
     for index in range(config.members):
         member = member_config(config, index)

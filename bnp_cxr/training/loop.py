@@ -36,6 +36,7 @@ from bnp_cxr.workspace import SPLITS, RunDir
 from bnp_cxr.training.config import CONFIG_FILE, TrainConfig, dtype_policy, identity_mismatches, resolve
 from bnp_cxr.training.inputs import make_datasets, val_batching
 from bnp_cxr.training.optimizers import learning_rate, make_optimizer
+from bnp_cxr.training.pretrain import ensure_encoder
 
 MODEL_FILE, HISTORY_FILE, LOG_DIR = RunDir.MODEL, RunDir.HISTORY, RunDir.LOGS
 __all__ = ["BACKUP_DIR", "HISTORY_FILE", "LOG_DIR", "MODEL_FILE", "TrainResult", "completed_epochs", "count_records",
@@ -362,6 +363,7 @@ def train(config: TrainConfig, *, callbacks: Sequence = (), verbose: int | str =
     run_dir = Path(config.run_dir)
     start = _agree_on_resume(config, cluster)
     _announce(config, cluster, start, notes, log)
+    ensure_encoder(config, start.fingerprint, workers=cluster.n_workers, log=log)
     with _output_folder(run_dir, cluster) as out_dir:
         keras.utils.set_random_seed(config.seed)
         with _global_policy(dtype_policy(config)):
