@@ -52,9 +52,10 @@ def prepare_runs(root: Path, sizes: list[int], args: argparse.Namespace) -> list
     for size in sizes:
         run = RunDir.for_size(size, root / "runs")
         if not run.is_trained():
-            # model_px = size: the scorecard compares sizes, so each model reads its records in full
+            # model_px = size: the scorecard compares sizes, so each model reads its records in full, from scratch
             train(TrainConfig(records_dir=str(records), size=size, epochs=args.epochs, batch_size=16,
-                              run_dir=str(run.path), seed=size, model_px=size), verbose=0, log=lambda text: None)
+                              run_dir=str(run.path), seed=size, model_px=size, pretrain="none"), verbose=0,
+                  log=lambda text: None)
         runs.append(run_info(run.path, records))
     return runs
 

@@ -17,6 +17,8 @@ from bnp_cxr.models import (ENSEMBLE_FEATURES, OUTPUT_NAME, POOL_NAME, build_mod
 from bnp_cxr.training import make_config, resolve, train
 from bnp_cxr.training.config import CPU_MEMBERS
 from bnp_cxr.training.ensemble import member_config
+from bnp_cxr.training.loop import data_fingerprint
+from bnp_cxr.training.pretrain import ensure_encoder
 from bnp_cxr.workspace import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,13 +194,17 @@ def test_ensemble_folder_reuse_is_refused(ensemble_run, records, options, error,
 def test_interrupted_ensemble_resumes_its_missing_member(records, tmp_path):
     run_dir = tmp_path / "ens"
     config = ensemble_config(records, run_dir)
-    train(member_config(config, 0), verbose=0, log=lambda _: None)  # as if stopped after the first member
+    # as if stopped after the pretraining and the first member
+    resolved = resolve(config, 0)[0]
+    ensure_encoder(resolved, data_fingerprint(records, 64), log=lambda _: None)
+    train(member_config(resolved, 0), verbose=0, log=lambda _: None)
     with pytest.raises(FileExistsError):
         train(config, verbose=0, log=lambda _: None)
     lines = []
     result = train(ensemble_config(records, run_dir, resume=True), verbose=0, log=lines.append)
     assert result.epochs_completed == 1 and RunDir(run_dir).is_trained()
     assert sum("nothing to train" in line for line in lines) == 1  # member 0 was done, member 1 trained
+    assert any(line.startswith("Pretrained encoder reused") for line in lines)
 
 
 def test_cli_trains_and_evaluates_an_ensemble(records, tmp_path):

@@ -223,6 +223,11 @@ def test_study_reads_each_size_in_full_unless_capped(tmp_path, options, expected
     assert resolved == expected
 
 
+@pytest.mark.parametrize("options, expected", [({}, "none"), ({"pretrain": "simclr"}, "simclr")])
+def test_study_trains_from_scratch_unless_asked_to_pretrain(tmp_path, options, expected):
+    assert {resolve(study.size_config(options, size, tmp_path), 0)[0].pretrain for size in (64, 256)} == {expected}
+
+
 @pytest.mark.parametrize("present, sizes, expected", [
     ({64: ("train", "val", "test")}, (64,), {}),
     ({64: ("train", "val", "test")}, (64, 256), {256: ["train", "val", "test"]}),

@@ -264,11 +264,13 @@ def size_config(options: Mapping[str, Any], size: int, runs_root: str | Path, pr
     """The training config of one size: the shared options, this size, and run_dir runs_root/size{size}.
 
     The model reads each size in full (model_px = size) unless the options cap it: the study compares resolutions.
+    It trains from scratch (pretrain none) unless the options ask for pretraining, whose cost grows with the area.
     """
     from bnp_cxr.training.config import make_config
 
     run_dir = str(RunDir.for_size(size, runs_root).path)
-    return make_config({"model_px": size, **options, "size": size, "run_dir": run_dir}, preset=preset, resume=resume)
+    return make_config({"model_px": size, "pretrain": "none", **options, "size": size, "run_dir": run_dir},
+                       preset=preset, resume=resume)
 
 
 def run_size(options: Mapping[str, Any], size: int, runs_root: str | Path, *, preset: str | None = None,
