@@ -12,8 +12,10 @@ with the same options (defaults included) is reused (--fresh retrains it), so a 
 recipes, seeds or folds. Recipe phantom_init first trains one model of the default recipe on a larger
 phantom cohort (rendered under work/, several GB of DICOMs) and starts from that model.
 
-The default recipe on a CPU is an ensemble (training.ensemble): its row scores the saved ensemble model,
-and its member_aucs score each member alone, so one training gives both the ensemble and its single models.
+The default recipe on a CPU is SimCLR pretraining on the fold's train and val images (training.pretrain; its
+minutes count in train_min), then an ensemble (training.ensemble) from that encoder: its row scores the saved
+ensemble model, and its member_aucs score each member alone, so one training gives both the ensemble and its
+single models. Recipe scratch is the same ensemble without the pretraining.
 
     python bench/nih_recipe.py --size 128 --recipes default --name nih_ensemble5  # 5-fold CV, mean +- sd
     python bench/nih_recipe.py --size 128 --folds 0 --seeds 0 1 --recipes single keep_best l2 phantom_init \\
@@ -170,7 +172,7 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
     if saved.is_file() and not args.fresh:
         document = json.loads(saved.read_text())
         if same_run(document, key):
-            return {**document["row"], "recipe": name, "fold": fold}
+            return {**document["row"], "recipe": name, "fold": fold, **pretrain_minutes(run_dir)}
     if run_dir.exists():
         shutil.rmtree(run_dir)
     started = time.perf_counter()
@@ -181,13 +183,22 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
            "epochs": result.config.epochs,
            "standardize": result.config.standardize, "keep": result.config.keep, "loss": result.config.loss,
            "pretrain": result.config.pretrain,
-           "members": result.config.members, "train_min": round(train_min, 1), **score_row(evaluation)}
+           "members": result.config.members, "train_min": round(train_min, 1), **pretrain_minutes(run_dir),
+           **score_row(evaluation)}
     if result.config.members > 1:  # each member alone too: single models and their ensemble from one training
         row["member_aucs"] = [score_row(evaluate_run(RunDir(run_dir).member(k).path, records, split="test",
                                                      n_boot=args.n_boot))["auc"]
                               for k in range(result.config.members)]
     saved.write_text(json.dumps({**key, "row": row}, indent=2) + "\n")
     return row
+
+
+def pretrain_minutes(run_dir: Path) -> dict:
+    """The minutes of a run's own pretraining (part of its train_min), from its encoder record; {} without one."""
+    from bnp_cxr.workspace import RunDir
+
+    record = Path(RunDir(run_dir).encoder).with_name(RunDir.ENCODER_KEY)
+    return {"pretrain_min": json.loads(record.read_text())["minutes"]} if record.is_file() else {}
 
 
 def same_run(document: dict, key: dict) -> bool:
@@ -254,6 +265,9 @@ def summarise(rows: list[dict]) -> dict:
         summary[name] = {"models": len(aucs), "auc_mean": statistics.fmean(aucs),
                          "auc_sd": statistics.stdev(aucs) if len(aucs) > 1 else None,
                          "train_min_mean": statistics.fmean(row["train_min"] for row in single)}
+        pretraining = [row["pretrain_min"] for row in single if "pretrain_min" in row]
+        if pretraining:  # part of train_min
+            summary[name]["pretrain_min_mean"] = statistics.fmean(pretraining)
         members = [auc for row in single for auc in row.get("member_aucs", [])]
         if members:  # an ensemble recipe: its members scored alone
             summary[name].update({"member_models": len(members), "member_auc_mean": statistics.fmean(members),
@@ -304,7 +318,8 @@ def main() -> None:
                        "recipes": {name: RECIPES[name] for name in args.recipes}, "seeds": args.seeds,
                        "summary": summarise(rows), "load_average": os.getloadavg()},
            rows, ["recipe", "fold", "seed", "size_px", "model_px", "members", "epochs", "standardize", "keep",
-                  "train_min", "n_test", "auc_text", "auc_cardiomegaly", "auc_edema", "auc_effusion"])
+                  "pretrain", "train_min", "pretrain_min", "n_test", "auc_text", "auc_cardiomegaly", "auc_edema",
+                  "auc_effusion"])
 
 
 if __name__ == "__main__":
