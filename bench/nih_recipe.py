@@ -46,37 +46,39 @@ from bnp_cxr.workspace import WORK_DIR  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "nih"
 N_FOLDS, FOLD_SEED, VAL_FRACTION = 5, 0, 0.125
+# The recipes measured before training.pretrain became the CPU default train from scratch, as they were measured.
+SCRATCH = {"pretrain": "none"}
 # TrainConfig options over the defaults; "default" is whatever `python tools/train.py` resolves to on a CPU.
 RECIPES: dict[str, dict] = {
     "default": {},  # on a CPU: SimCLR pretraining (training.pretrain), then the ensemble of CPU_MEMBERS small CNNs
     # (training.ensemble) starting from its encoder, site augmentation on
     # the default from scratch: no pretraining (the CPU default before training.pretrain)
-    "scratch": {"pretrain": "none"},
+    "scratch": SCRATCH,
     # the default reading the records in full ("size": model_px = --size) instead of at CPU_MODEL_PX
-    "full_res": {"model_px": "size"},
+    "full_res": {"model_px": "size", **SCRATCH},
     # the default with wider conv blocks (small_cnn widths 24-160 -> 32-256: 1.4x the training time at 256 px)
-    "wide": {"widths": (32, 64, 128, 256)},
+    "wide": {"widths": (32, 64, 128, 256), **SCRATCH},
     # single models (members 1): the CPU default before the real-image work (plain window, model.keras = the
     # lowest val loss), then one ingredient each
     "before": {"backbone": "small_cnn", "standardize": "none", "keep": "best", "members": 1, "site_augment": False,
-               "model_px": "size", "pretrain": "none"},
-    "single": {"members": 1},  # one model of the default recipe (the default before ensembles)
-    "clahe": {"backbone": "small_cnn", "standardize": "clahe", "members": 1},
-    "no_augment": {"augment": False, "members": 1},
-    "epochs40": {"epochs": 40, "members": 1},
-    "epochs60": {"epochs": 60, "members": 1},
-    "adamw": {"optimizer": "adamw", "weight_decay": 1e-4, "members": 1},
-    "batch16": {"batch_size": 16, "members": 1},  # twice the optimiser steps in the same epochs
-    "keep_best": {"keep": "best", "members": 1},  # model.keras = the lowest val loss instead of the last epoch
-    "l2": {"loss": "l2", "members": 1},  # squared error instead of the paper's L1
+               "model_px": "size", **SCRATCH},
+    "single": {"members": 1, **SCRATCH},  # one model of the default recipe (the default before ensembles)
+    "clahe": {"backbone": "small_cnn", "standardize": "clahe", "members": 1, **SCRATCH},
+    "no_augment": {"augment": False, "members": 1, **SCRATCH},
+    "epochs40": {"epochs": 40, "members": 1, **SCRATCH},
+    "epochs60": {"epochs": 60, "members": 1, **SCRATCH},
+    "adamw": {"optimizer": "adamw", "weight_decay": 1e-4, "members": 1, **SCRATCH},
+    "batch16": {"batch_size": 16, "members": 1, **SCRATCH},  # twice the optimiser steps in the same epochs
+    "keep_best": {"keep": "best", "members": 1, **SCRATCH},  # model.keras = the lowest val loss, not the last epoch
+    "l2": {"loss": "l2", "members": 1, **SCRATCH},  # squared error instead of the paper's L1
     # initialised from the single-model recipe trained on a larger phantom cohort (phantom_checkpoint): its
     # synthetic oedema, effusion and cardiac enlargement as supervised pretraining
     "phantom_init": {"weights": "phantom", "members": 1},
     # the other-site augmentation (records.augment.SITE_AUGMENT, the CPU default since nih_ensemble5_site.json):
     # one model, the ensemble with it (= default, named), and the ensemble without it (the default before)
-    "site": {"site_augment": True, "members": 1},
-    "default_site": {"site_augment": True},
-    "default_no_site": {"site_augment": False},
+    "site": {"site_augment": True, "members": 1, **SCRATCH},
+    "default_site": {"site_augment": True, **SCRATCH},
+    "default_no_site": {"site_augment": False, **SCRATCH},
 }
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}

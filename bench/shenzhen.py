@@ -1,9 +1,9 @@
 """Does the unchanged pipeline learn from real radiographs? Shenzhen TB set with stand-in labs.
 
 Shenzhen manifest (bnp_cxr.data.sources.shenzhen: tb=1 -> BNPP 2000 / BNP 500 pg/mL, tb=0 -> 100 / 30; a pipeline
-check, not a BNP model) -> records (write_records) -> train (bnp_cxr.training.train, small_cnn from
-scratch) -> evaluate_run on the test split. Reports test AUC (BNPP > 400, combined) with
-patient-bootstrap 95% CIs per seed. The data stay in ../shared/data; work/shenzhen holds a symlink,
+check, not a BNP model) -> records (write_records) -> train (bnp_cxr.training.train, small_cnn, from
+scratch unless --pretrain simclr) -> evaluate_run on the test split. Reports test AUC (BNPP > 400,
+combined) with patient-bootstrap 95% CIs per seed. The data stay in ../shared/data; work/shenzhen holds a symlink,
 records and runs (never commit them: they derive from the images).
 
     python bench/shenzhen.py                              # 256 px, 30 epochs, seed 0
@@ -42,8 +42,10 @@ def ensure_records(data_dir: Path, work_dir: Path, size: int, workers: int) -> P
 
 
 def run_seed(records: Path, run_dir: Path, size: int, epochs: int, seed: int, batch_size: int,
-             n_boot: int, site_augment: bool = False, members: int = 1) -> dict:
-    """Train one run from scratch and evaluate it on the test split; one result row."""
+             n_boot: int, site_augment: bool = False, members: int = 1, pretrain: str = "none",
+             pretrain_epochs: int | None = None) -> dict:
+    """Train one run (from scratch unless pretrain names a method) and evaluate it on the test split; one result
+    row."""
     from bnp_cxr.evaluation.evaluate import evaluate_run
     from bnp_cxr.training import make_config, train
 
@@ -51,13 +53,15 @@ def run_seed(records: Path, run_dir: Path, size: int, epochs: int, seed: int, ba
         shutil.rmtree(run_dir)
     config = make_config({"records_dir": str(records), "size": size, "backbone": "small_cnn", "members": members,
                           "epochs": epochs, "seed": seed, "batch_size": batch_size, "run_dir": str(run_dir),
-                          "site_augment": site_augment})
+                          "site_augment": site_augment, "pretrain": pretrain,
+                          **({"pretrain_epochs": pretrain_epochs} if pretrain_epochs else {})})
     started = time.perf_counter()
     result = train(config, verbose=0, log=lambda _: None)
     train_s = time.perf_counter() - started
     evaluation = evaluate_run(run_dir, records, split="test", n_boot=n_boot)
     row = {"size_px": size, "model_px": result.config.model_px, "epochs": epochs, "seed": seed,
-           "site_augment": site_augment, "members": members,
+           "site_augment": site_augment, "members": members, "pretrain": result.config.pretrain,
+           "pretrain_epochs": result.config.pretrain_epochs if result.config.pretrain != "none" else None,
            "train_s": round(train_s, 1),
            "best_val_loss": result.best_val_loss, "n_test": evaluation["n_images"]}
     for name in METRICS:
@@ -95,12 +99,19 @@ def main() -> None:
     parser.add_argument("--site-augment", action=argparse.BooleanOptionalAction, default=False,
                         help="train with the other-site augmentation (default: off, the CI test's setting)")
     parser.add_argument("--members", type=int, default=1, help="models per run, averaged (default: 1)")
+    parser.add_argument("--pretrain", choices=("none", "simclr"), default="none",
+                        help="self-supervised pretraining first (default: none, as the benches before it; train.py "
+                             "on a CPU: simclr)")
+    parser.add_argument("--pretrain-epochs", type=int, help="its epochs (default: train.py's)")
     args = parse_with_data(parser)
 
     records = ensure_records(args.data, args.work, args.size, args.workers)
-    suffix = ("_site" if args.site_augment else "") + (f"_members{args.members}" if args.members > 1 else "")
+    parts = [("_site", args.site_augment), (f"_members{args.members}", args.members > 1),
+             (f"_{args.pretrain}{args.pretrain_epochs or ''}", args.pretrain != "none")]
+    suffix = "".join(part for part, wanted in parts if wanted)
     rows = [run_seed(records, args.work / "runs" / f"size{args.size}_e{args.epochs}_seed{seed}{suffix}", args.size,
-                     args.epochs, seed, args.batch_size, args.n_boot, args.site_augment, args.members)
+                     args.epochs, seed, args.batch_size, args.n_boot, args.site_augment, args.members,
+                     args.pretrain, args.pretrain_epochs)
             for seed in args.seeds]
     for row in rows:  # the table shows "estimate [low, high]"
         for name in METRICS:
@@ -111,7 +122,8 @@ def main() -> None:
                        "backbone": "small_cnn", "augment": True, "batch_size": args.batch_size,
                        "min_auc_bnpp": min(row["auc_bnpp_gt_400"] for row in rows),
                        "min_auc_bnpp_ci_low": min(row["auc_bnpp_gt_400_ci"][0] for row in rows)},
-           rows, ["size_px", "model_px", "epochs", "seed", "site_augment", "members", "train_s", "n_test",
+           rows, ["size_px", "model_px", "epochs", "seed", "site_augment", "members", "pretrain", "pretrain_epochs",
+                  "train_s", "n_test",
                   "auc_bnpp_gt_400_text", "auc_combined_text", "pearson_r_log10_bnpp_text"])
 
 
