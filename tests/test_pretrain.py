@@ -74,19 +74,21 @@ def test_views_are_random_but_reproducible(images):
     assert not np.allclose(first, other) and not np.allclose(first, images)
 
 
-@pytest.mark.parametrize("options, gpus, pretrain, own_encoder", [
-    ({}, 0, "simclr", True),  # the CPU recipe
-    ({"backbone": "small_cnn", "pretrain": "none"}, 0, "none", False),
-    ({}, 1, "none", False),  # the paper's ResNet152 on a GPU starts from its own weights
-    ({"weights": "given.keras"}, 0, "none", False),  # a checkpoint of the user's own
-    ({"weights": "given.keras", "pretrain": "simclr"}, 0, "simclr", False),  # ... that is a pretrained encoder
-    ({"backbone": "resnet50", "pretrain": "simclr"}, 1, "simclr", True),
+@pytest.mark.parametrize("options, gpus, workers, pretrain, own_encoder", [
+    ({}, 0, 1, "simclr", True),  # the CPU recipe
+    ({"backbone": "small_cnn", "pretrain": "none"}, 0, 1, "none", False),
+    ({}, 1, 1, "none", False),  # the paper's ResNet152 on a GPU starts from its own weights
+    ({"weights": "given.keras"}, 0, 1, "none", False),  # a checkpoint of the user's own
+    ({"weights": "given.keras", "pretrain": "simclr"}, 0, 1, "simclr", False),  # ... that is a pretrained encoder
+    ({"backbone": "resnet50", "pretrain": "simclr"}, 1, 1, "simclr", True),
+    ({}, 0, 2, "none", False),  # the CPU recipe on several workers: pretraining runs on one machine
 ])
-def test_pretraining_resolves_by_recipe(tmp_path, options, gpus, pretrain, own_encoder):
-    config, notes = resolve(make_config({"run_dir": str(tmp_path / "run"), **options}), gpus)
+def test_pretraining_resolves_by_recipe(tmp_path, options, gpus, workers, pretrain, own_encoder):
+    config, notes = resolve(make_config({"run_dir": str(tmp_path / "run"), **options}), gpus, workers)
     assert config.pretrain == pretrain
     assert (config.weights == str(RunDir(tmp_path / "run").encoder)) == own_encoder
     assert any("Self-supervised pretraining" in note for note in notes) == ("pretrain" not in options and own_encoder)
+    assert any("No self-supervised pretraining" in note for note in notes) == (workers > 1)
 
 
 @pytest.mark.parametrize("options, message", [

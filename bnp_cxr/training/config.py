@@ -227,7 +227,7 @@ def gpus_visible() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 
 
-def resolve(config: TrainConfig, n_gpus: int) -> tuple[TrainConfig, list[str]]:
+def resolve(config: TrainConfig, n_gpus: int, n_workers: int = 1) -> tuple[TrainConfig, list[str]]:
     """Fill in backbone, mixed precision and run_dir; returns the resolved config and why each choice was made."""
     notes = []
     changes: dict[str, Any] = {"records_dir": os.path.abspath(config.records_dir),
@@ -272,8 +272,13 @@ def resolve(config: TrainConfig, n_gpus: int) -> tuple[TrainConfig, list[str]]:
     if config.widths is None and changes.get("backbone", config.backbone) == CPU_BACKBONE:
         changes["widths"] = SMALL_CNN_WIDTHS
     if config.pretrain is None:
-        changes["pretrain"] = CPU_PRETRAIN if cpu_recipe and config.weights is None else "none"
-        if changes["pretrain"] != "none":
+        # Pretraining runs on one machine (training.pretrain): a multi-worker run starts from scratch or --weights.
+        changes["pretrain"] = CPU_PRETRAIN if cpu_recipe and config.weights is None and n_workers == 1 else "none"
+        if cpu_recipe and config.weights is None and n_workers > 1:
+            notes.append(f"No self-supervised pretraining on {n_workers} workers (it runs on one machine: train "
+                         f"there with --pretrain {CPU_PRETRAIN} and pass its {RunDir.PRETRAIN}/{RunDir.ENCODER} "
+                         "as --weights).")
+        elif changes["pretrain"] != "none":
             notes.append(f"Self-supervised pretraining ({changes['pretrain']}) on the train and val images first "
                          f"({why}; --pretrain none to train from scratch).")
     if changes.get("pretrain", config.pretrain) != "none" and config.weights is None:

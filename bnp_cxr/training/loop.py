@@ -355,7 +355,7 @@ def train(config: TrainConfig, *, callbacks: Sequence = (), verbose: int | str =
     import keras
 
     cluster = cluster or start_strategy()  # before any other TensorFlow work
-    config, notes = resolve(config, cluster.n_gpus)
+    config, notes = resolve(config, cluster.n_gpus, cluster.n_workers)
     if config.members > 1:
         from bnp_cxr.training.ensemble import train_ensemble
 
