@@ -42,7 +42,10 @@ CPU_SITE_AUGMENT = True
 # (bench/nih_recipe.py --size 256 --recipes default, bench/results/nih_default_256.json; README).
 CPU_MODEL_PX = 128
 # Self-supervised pretraining before the CPU recipe's supervised training (training.pretrain): SimCLR on the
-# records' own train and val images, no labels. "none": from scratch, or from --weights.
+# records' own train and val images, no labels. "none": from scratch, or from --weights. On the NIH folds at 256 px
+# the ensemble from its encoder scored 0.794 +- 0.049 against 0.770 +- 0.067 from scratch (paired +0.024, members
+# higher on every fold), the whole recipe 22 min per fold on 2 cores (bench/nih_recipe.py --size 256 --recipes
+# default --name nih_pretrain_256, bench/results/nih_pretrain_256.json; README).
 PRETRAIN_METHODS = ("none", "simclr")
 CPU_PRETRAIN = "simclr"
 CONFIG_FILE = RunDir.CONFIG
