@@ -274,6 +274,21 @@ def resolve(config: TrainConfig, n_gpus: int, n_workers: int = 1) -> tuple[Train
                      "full).")
     if config.widths is None and changes.get("backbone", config.backbone) == CPU_BACKBONE:
         changes["widths"] = SMALL_CNN_WIDTHS
+    changes.update(_resolve_pretrain(config, changes["run_dir"], cpu_recipe, why, n_workers, notes))
+    if config.mixed_precision == "auto":
+        changes["mixed_precision"] = "on" if n_gpus else "off"
+        notes.append(f"Mixed precision {changes['mixed_precision']} ({'a' if n_gpus else 'no'} GPU visible).")
+    elif config.mixed_precision == "on" and not n_gpus:
+        notes.append("Mixed precision on without a GPU: float16 is slow on most CPUs.")
+    elif config.mixed_precision == "bfloat16":
+        notes.append("Mixed precision bfloat16: no loss scaling; fast only where the hardware has bfloat16 units.")
+    return dataclasses.replace(config, **changes), notes
+
+
+def _resolve_pretrain(config: TrainConfig, run_dir: str, cpu_recipe: bool, why: str, n_workers: int,
+                      notes: list[str]) -> dict[str, Any]:
+    """resolve()'s pretrain choice and the weights it implies (the run's own encoder), with a note on why."""
+    changes: dict[str, Any] = {}
     if config.pretrain is None:
         # Pretraining runs on one machine (training.pretrain): a multi-worker run starts from scratch or --weights.
         changes["pretrain"] = CPU_PRETRAIN if cpu_recipe and config.weights is None and n_workers == 1 else "none"
@@ -285,15 +300,8 @@ def resolve(config: TrainConfig, n_gpus: int, n_workers: int = 1) -> tuple[Train
             notes.append(f"Self-supervised pretraining ({changes['pretrain']}) on the train and val images first "
                          f"({why}; --pretrain none to train from scratch).")
     if changes.get("pretrain", config.pretrain) != "none" and config.weights is None:
-        changes["weights"] = os.path.abspath(RunDir(changes["run_dir"]).encoder)  # made by training.pretrain
-    if config.mixed_precision == "auto":
-        changes["mixed_precision"] = "on" if n_gpus else "off"
-        notes.append(f"Mixed precision {changes['mixed_precision']} ({'a' if n_gpus else 'no'} GPU visible).")
-    elif config.mixed_precision == "on" and not n_gpus:
-        notes.append("Mixed precision on without a GPU: float16 is slow on most CPUs.")
-    elif config.mixed_precision == "bfloat16":
-        notes.append("Mixed precision bfloat16: no loss scaling; fast only where the hardware has bfloat16 units.")
-    return dataclasses.replace(config, **changes), notes
+        changes["weights"] = os.path.abspath(RunDir(run_dir).encoder)  # made by training.pretrain
+    return changes
 
 
 def dtype_policy(config: TrainConfig) -> str:
