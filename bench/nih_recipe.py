@@ -199,7 +199,7 @@ def pretrain_minutes(run_dir: Path) -> dict:
     """The minutes of a run's own pretraining (part of its train_min), from its encoder record; {} without one."""
     from bnp_cxr.workspace import RunDir
 
-    record = Path(RunDir(run_dir).encoder).with_name(RunDir.ENCODER_KEY)
+    record = RunDir(run_dir).encoder_key
     return {"pretrain_min": json.loads(record.read_text())["minutes"]} if record.is_file() else {}
 
 

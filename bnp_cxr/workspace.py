@@ -95,6 +95,7 @@ class RunDir:
     predictions = _member(PREDICTIONS)
     logs = _member(LOGS)
     encoder = _member(f"{PRETRAIN}/{ENCODER}")
+    encoder_key = _member(f"{PRETRAIN}/{ENCODER_KEY}")  # the key it was made under and its final loss
 
     def member(self, index: int) -> "RunDir":
         """The run folder of an ensemble's member `index` (0-based): members/member{index}."""

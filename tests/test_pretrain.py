@@ -138,7 +138,7 @@ def test_the_members_start_from_the_run_encoder(pretrained_run):
     result, lines = pretrained_run
     run = RunDir(result.run_dir)
     assert run.encoder.is_file() and result.epochs_completed == 1
-    summary = json.loads(run.encoder.with_name(RunDir.ENCODER_KEY).read_text())
+    summary = json.loads(run.encoder_key.read_text())
     assert summary["images"] == SPLITS["train"] + SPLITS["val"] and summary["key"]["pretrain_epochs"] == 2
     assert sum("Pretraining the small_cnn" in line for line in lines) == 1  # once, for both members
     assert sum(f"Weights from {run.encoder}" in line for line in lines) == 2

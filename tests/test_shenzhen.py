@@ -176,7 +176,7 @@ def test_pipeline_learns_tb_from_real_radiographs(tmp_path):
     run_tool("train.py", "--records", "records", "--size", str(SIZE), "--backbone", "small_cnn", "--members", "1",
              "--epochs", str(EPOCHS), "--pretrain-epochs", str(PRETRAIN_EPOCHS), "--run-dir", "run", "--no-evaluate",
              "--verbose", "0", cwd=tmp_path)
-    encoder = json.loads((tmp_path / "run" / RunDir.PRETRAIN / RunDir.ENCODER_KEY).read_text())
+    encoder = json.loads(RunDir(tmp_path / "run").encoder_key.read_text())
     assert encoder["images"] == summary["per_split"]["train"]["written"] + summary["per_split"]["val"]["written"]
     # NT-Xent of a batch of 128 pairs that matches nothing: log(255) = 5.54; 20 epochs (60 steps) reach about 4.8
     assert encoder["loss"] < math.log(2 * PRETRAIN.batch_size - 1) - 0.25, encoder

@@ -191,7 +191,7 @@ def ensure_encoder(config: TrainConfig, data: dict, *, workers: int = 1, setting
                          f"run it there once and pass its {RunDir.PRETRAIN}/{RunDir.ENCODER} as --weights, or "
                          "--pretrain none")
     key = pretrain_key(config, data, settings)
-    record = own.with_name(RunDir.ENCODER_KEY)
+    record = Path(os.path.abspath(RunDir(config.run_path).encoder_key))
     if own.is_file() and record.is_file() and json.loads(record.read_text()).get("key") == key:
         log(f"Pretrained encoder reused: {own}")
         return
