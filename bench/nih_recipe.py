@@ -79,6 +79,10 @@ RECIPES: dict[str, dict] = {
     "site": {"site_augment": True, "members": 1, **SCRATCH},
     "default_site": {"site_augment": True, **SCRATCH},
     "default_no_site": {"site_augment": False, **SCRATCH},
+    # the default with longer SimCLR pretraining (100 passes over the train and val images instead of 60)
+    "pretrain100": {"pretrain_epochs": 100},
+    # the default fine-tuning its pretrained encoder at a third of the learning rate (3e-4 instead of 1e-3)
+    "finetune_lr3e-4": {"lr": 3e-4},
 }
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}
@@ -161,6 +165,11 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
                **({"epochs": args.epochs} if args.epochs else {}), **RECIPES[name]}
     if options.get("weights") == "phantom":
         options["weights"] = str(phantom_checkpoint(args.work, size, args.workers))
+    source = args.work / "runs" / (args.encoder_from or "") / run_dir.name
+    if args.encoder_from:  # that run's pretrained encoder as --weights: the same start, without pretraining again
+        if not RunDir(source).encoder.is_file():
+            sys.exit(f"error: --encoder-from {args.encoder_from}: no encoder at {RunDir(source).encoder}")
+        options.update(weights=str(RunDir(source).encoder), pretrain="none")
     if options.get("model_px") == "size":
         options["model_px"] = size
     # Every option with the defaults filled in, and the architecture's resolution and widths resolved (a run saved
@@ -187,6 +196,9 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
            "pretrain": result.config.pretrain,
            "members": result.config.members, "train_min": round(train_min, 1), **pretrain_minutes(run_dir),
            **score_row(evaluation)}
+    if args.encoder_from:  # train_min then lacks the pretraining that run paid for
+        row.update(encoder_from=args.encoder_from, **pretrain_minutes(source))
+        row["whole_min"] = round(train_min + row["pretrain_min"], 1)
     if result.config.members > 1:  # each member alone too: single models and their ensemble from one training
         row["member_aucs"] = [score_row(evaluate_run(RunDir(run_dir).member(k).path, records, split="test",
                                                      n_boot=args.n_boot))["auc"]
@@ -270,6 +282,9 @@ def summarise(rows: list[dict]) -> dict:
         pretraining = [row["pretrain_min"] for row in single if "pretrain_min" in row]
         if pretraining:  # part of train_min
             summary[name]["pretrain_min_mean"] = statistics.fmean(pretraining)
+        whole = [row["whole_min"] for row in single if "whole_min" in row]
+        if whole:  # the encoder came from another run (--encoder-from): train_min + its pretraining
+            summary[name]["whole_min_mean"] = statistics.fmean(whole)
         members = [auc for row in single for auc in row.get("member_aucs", [])]
         if members:  # an ensemble recipe: its members scored alone
             summary[name].update({"member_models": len(members), "member_auc_mean": statistics.fmean(members),
@@ -292,6 +307,9 @@ def main() -> None:
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--fresh", action="store_true", help="retrain runs that finished with the same options")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--encoder-from", metavar="RECIPE",
+                        help="start each run from that recipe's pretrained encoder of the same fold (--weights) "
+                             "instead of pretraining again; rows add its minutes as pretrain_min and whole_min")
     parser.add_argument("--name", default="nih_recipe", help="result file bench/results/NAME.json")
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -320,8 +338,8 @@ def main() -> None:
                        "recipes": {name: RECIPES[name] for name in args.recipes}, "seeds": args.seeds,
                        "summary": summarise(rows), "load_average": os.getloadavg()},
            rows, ["recipe", "fold", "seed", "size_px", "model_px", "members", "epochs", "standardize", "keep",
-                  "pretrain", "train_min", "pretrain_min", "n_test", "auc_text", "auc_cardiomegaly", "auc_edema",
-                  "auc_effusion"])
+                  "pretrain", "train_min", "pretrain_min", "whole_min", "n_test", "auc_text", "auc_cardiomegaly",
+                  "auc_edema", "auc_effusion"])
 
 
 if __name__ == "__main__":
