@@ -83,6 +83,10 @@ RECIPES: dict[str, dict] = {
     "pretrain100": {"pretrain_epochs": 100},
     # the default fine-tuning its pretrained encoder at a third of the learning rate (3e-4 instead of 1e-3)
     "finetune_lr3e-4": {"lr": 3e-4},
+    # the default pretraining on milder crops (views of at least 60 % of the image's area instead of 35 %): less
+    # invariance to cropping off the costophrenic angles or the thorax's edges, where effusion and the heart's
+    # size relative to the chest show (MoCo-CXR, Sowrirajan et al. 2021, left random crops out)
+    "pretrain_crop60": {"pretrain_min_crop": 0.6},
 }
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}

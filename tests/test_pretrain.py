@@ -95,6 +95,8 @@ def test_pretraining_resolves_by_recipe(tmp_path, options, gpus, workers, pretra
     ({"pretrain": "byol"}, "pretrain must be one of"),
     ({"pretrain": "simclr", "weights": "imagenet"}, "cannot start from imagenet"),
     ({"pretrain_epochs": 0}, "pretrain_epochs must be >= 1"),
+    ({"pretrain_min_crop": 0}, r"pretrain_min_crop must be in \(0, 1\]"),
+    ({"pretrain_min_crop": 1.5}, r"pretrain_min_crop must be in \(0, 1\]"),
 ])
 def test_bad_pretraining_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
@@ -177,6 +179,10 @@ def test_a_changed_key_pretrains_again(pretrained_run, records, tmp_path):
     changed = dataclasses.replace(PRETRAIN, temperature=0.5)
     ensure_encoder(config, {"sha256": "b"}, settings=changed, log=lines.append)
     assert lines[-1].startswith("Pretraining epoch")
+    milder = dataclasses.replace(config, pretrain_min_crop=0.6)  # the run's crop setting is part of the key
+    ensure_encoder(milder, {"sha256": "b"}, log=lines.append)
+    assert lines[-1].startswith("Pretraining epoch")
+    assert json.loads(RunDir(config.run_path).encoder_key.read_text())["key"]["settings"]["min_crop_area"] == 0.6
 
 
 def test_pretraining_across_workers_is_refused(records, tmp_path):

@@ -89,6 +89,9 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
                               "--weights, none otherwise)")
     options.add_argument("--pretrain-epochs", type=int, metavar="N",
                          help=f"passes of the pretraining over the train and val images (default: {d.pretrain_epochs})")
+    options.add_argument("--pretrain-min-crop", type=float, metavar="FRACTION",
+                         help="the smallest share of an image's area a pretraining view crops (default: "
+                              f"{d.pretrain_min_crop})")
     options.add_argument("--widths", type=int, nargs="+", metavar="C",
                          help=f"channels of the small CNN's conv blocks, one per block (default: "
                               f"{' '.join(map(str, SMALL_CNN_WIDTHS))})")

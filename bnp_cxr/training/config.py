@@ -64,7 +64,7 @@ SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best", "members": 1, "si
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
                    "site_augment", "standardize", "loss", "loss_weights", "dropout", "keep", "members", "model_px",
-                   "widths", "pretrain", "pretrain_epochs")
+                   "widths", "pretrain", "pretrain_epochs", "pretrain_min_crop")
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ class TrainConfig:
     # None: CPU_PRETRAIN for the CPU recipe without --weights, else none (resolve)
     pretrain: str | None = None
     pretrain_epochs: int = 60  # passes over the train and val images (training.pretrain)
+    pretrain_min_crop: float = 0.35  # a view is a random crop of at least this fraction of the image's area
     # last: the final epoch, where the cosine schedule has annealed the rate to 0; best: the lowest val loss,
     # which on a val split of ~140 images picks an epoch partly by chance (bench/keep_epoch.py).
     keep: str = "last"
@@ -123,6 +124,8 @@ class TrainConfig:
             problems.append("epochs, batch_size, shuffle_buffer and pretrain_epochs must be >= 1")
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.pretrain_min_crop <= 1:
+            problems.append(f"pretrain_min_crop must be in (0, 1], got {self.pretrain_min_crop}")
         problems.extend(self._optimizer_problems())
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")

@@ -40,7 +40,8 @@ class PretrainConfig:
     batch_size: int = 128  # images per step (2x views); smaller sets use all their images in one batch
     temperature: float = 0.2
     lr: float = 2e-3
-    min_crop_area: float = 0.35  # a random crop of at least this fraction of the image, resized back
+    min_crop_area: float = 0.35  # a random crop of at least this fraction of the image, resized back (the run's
+    # TrainConfig.pretrain_min_crop replaces it)
     max_log_aspect: float = math.log(4 / 3)
     gamma_range: tuple[float, float] = (0.6, 1.6)
     contrast_range: tuple[float, float] = (0.6, 1.4)
@@ -181,6 +182,7 @@ def ensure_encoder(config: TrainConfig, data: dict, *, workers: int = 1, setting
     RunDir.encoder), reusing one made under the same key; a member reads its ensemble's, which must exist."""
     if config.pretrain == "none":
         return
+    settings = dataclasses.replace(settings, min_crop_area=config.pretrain_min_crop)
     weights, own = Path(os.path.abspath(config.weights)), Path(os.path.abspath(RunDir(config.run_path).encoder))
     if weights != own:
         if not weights.is_file():
