@@ -169,11 +169,12 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
                **({"epochs": args.epochs} if args.epochs else {}), **RECIPES[name]}
     if options.get("weights") == "phantom":
         options["weights"] = str(phantom_checkpoint(args.work, size, args.workers))
-    source = args.work / "runs" / (args.encoder_from or "") / run_dir.name
-    if args.encoder_from:  # that run's pretrained encoder as --weights: the same start, without pretraining again
-        if not RunDir(source).encoder.is_file():
-            sys.exit(f"error: --encoder-from {args.encoder_from}: no encoder at {RunDir(source).encoder}")
-        options.update(weights=str(RunDir(source).encoder), pretrain="none")
+    source = args.work / "runs" / args.encoder_from / run_dir.name if args.encoder_from else None
+    if source:  # that run's pretrained encoder as --weights: the same start, without pretraining again
+        encoder = RunDir(source).encoder
+        if not encoder.is_file():
+            sys.exit(f"error: --encoder-from {args.encoder_from}: no encoder at {encoder}")
+        options.update(weights=str(encoder), pretrain="none")
     if options.get("model_px") == "size":
         options["model_px"] = size
     # Every option with the defaults filled in, and the architecture's resolution and widths resolved (a run saved
@@ -200,7 +201,7 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
            "pretrain": result.config.pretrain,
            "members": result.config.members, "train_min": round(train_min, 1), **pretrain_minutes(run_dir),
            **score_row(evaluation)}
-    if args.encoder_from:  # train_min then lacks the pretraining that run paid for
+    if source:  # train_min then lacks the pretraining that run paid for
         row.update(encoder_from=args.encoder_from, **pretrain_minutes(source))
         row["whole_min"] = round(train_min + row["pretrain_min"], 1)
     if result.config.members > 1:  # each member alone too: single models and their ensemble from one training

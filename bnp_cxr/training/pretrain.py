@@ -40,8 +40,8 @@ class PretrainConfig:
     batch_size: int = 128  # images per step (2x views); smaller sets use all their images in one batch
     temperature: float = 0.2
     lr: float = 2e-3
-    min_crop_area: float = 0.35  # a random crop of at least this fraction of the image, resized back (the run's
-    # TrainConfig.pretrain_min_crop replaces it)
+    # a random crop of at least this fraction of the image, resized back (ensure_encoder puts the run's in)
+    min_crop_area: float = TrainConfig.pretrain_min_crop
     max_log_aspect: float = math.log(4 / 3)
     gamma_range: tuple[float, float] = (0.6, 1.6)
     contrast_range: tuple[float, float] = (0.6, 1.4)
