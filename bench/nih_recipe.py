@@ -83,6 +83,9 @@ RECIPES: dict[str, dict] = {
     "pretrain100": {"pretrain_epochs": 100},
     # the default fine-tuning its pretrained encoder at a third of the learning rate (3e-4 instead of 1e-3)
     "finetune_lr3e-4": {"lr": 3e-4},
+    # the default with auxiliary heads on the 15 NIH finding columns (training.findings, finding BCE weight 1):
+    # features that tell heart-failure signs from the pneumonia and consolidation they are confused with
+    "finding_heads": {"finding_loss_weight": 1.0},
     # the default pretraining on milder crops (views of at least 60 % of the image's area instead of 35 %): less
     # invariance to cropping off the costophrenic angles or the thorax's edges, where effusion and the heart's
     # size relative to the chest show (MoCo-CXR, Sowrirajan et al. 2021, left random crops out)
@@ -91,6 +94,9 @@ RECIPES: dict[str, dict] = {
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}
 FINDINGS = ("cardiomegaly", "edema", "effusion")
+# The other NIH findings: a negative (no heart-failure sign) with one of them is not a clear film.
+OTHER_FINDINGS = ("atelectasis", "consolidation", "emphysema", "fibrosis", "hernia", "infiltration", "mass", "nodule",
+                  "pleural_thickening", "pneumonia", "pneumothorax")
 BENCH_ROW = "bench_row.json"  # in a finished run folder: its options and result row, for reuse
 
 
@@ -188,7 +194,8 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
     if saved.is_file() and not args.fresh:
         document = json.loads(saved.read_text())
         if same_run(document, key):
-            return {**document["row"], "recipe": name, "fold": fold, **pretrain_minutes(run_dir)}
+            return {**document["row"], "recipe": name, "fold": fold, **pretrain_minutes(run_dir),
+                    **negative_kind_aucs(RunDir(run_dir).predictions)}
     if run_dir.exists():
         shutil.rmtree(run_dir)
     started = time.perf_counter()
@@ -200,7 +207,7 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
            "standardize": result.config.standardize, "keep": result.config.keep, "loss": result.config.loss,
            "pretrain": result.config.pretrain,
            "members": result.config.members, "train_min": round(train_min, 1), **pretrain_minutes(run_dir),
-           **score_row(evaluation)}
+           **score_row(evaluation), **negative_kind_aucs(RunDir(run_dir).predictions)}
     if source:  # train_min then lacks the pretraining that run paid for
         row.update(encoder_from=args.encoder_from, **pretrain_minutes(source))
         row["whole_min"] = round(train_min + row["pretrain_min"], 1)
@@ -247,6 +254,25 @@ def score_row(evaluation: dict) -> dict:
     return row
 
 
+def negative_kind_aucs(predictions) -> dict:
+    """AUC of predicted log10 BNPP: the positives against the negatives with no finding (auc_vs_clear), and
+    against the negatives with another finding such as pneumonia (auc_vs_other_findings); a path or a table."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    table = pd.read_csv(predictions) if isinstance(predictions, (str, Path)) else predictions
+    others = [name for name in OTHER_FINDINGS if name in table]
+    if not others:
+        return {}
+    positive, other = table["positive"] == 1, (table[others] == 1).any(axis=1)
+    result = {}
+    for kind, negatives in (("clear", ~positive & ~other), ("other_findings", ~positive & other)):
+        rows = positive | negatives
+        if negatives.any() and positive.any():
+            result[f"auc_vs_{kind}"] = float(roc_auc_score(positive[rows], table.loc[rows, "pred_log10_bnpp"]))
+    return result
+
+
 def mean_predictions(prediction_files: list[Path]):
     """The first predictions.csv with predicted log10 BNP / BNPP averaged over every file (the same test images)."""
     import pandas as pd
@@ -264,7 +290,7 @@ def table_scores(table, n_boot: int) -> dict:
 
     evaluation = metrics.compute_metrics(table, n_boot=n_boot)
     evaluation["findings"] = metrics.finding_aucs(table, [name for name in FINDINGS if name in table], n_boot=n_boot)
-    return score_row(evaluation)
+    return {**score_row(evaluation), **negative_kind_aucs(table)}
 
 
 def ensemble_row(run_dirs: list[Path], n_boot: int) -> dict:
@@ -344,7 +370,7 @@ def main() -> None:
                        "summary": summarise(rows), "load_average": os.getloadavg()},
            rows, ["recipe", "fold", "seed", "size_px", "model_px", "members", "epochs", "standardize", "keep",
                   "pretrain", "train_min", "pretrain_min", "whole_min", "n_test", "auc_text", "auc_cardiomegaly",
-                  "auc_edema", "auc_effusion"])
+                  "auc_edema", "auc_effusion", "auc_vs_clear", "auc_vs_other_findings"])
 
 
 if __name__ == "__main__":

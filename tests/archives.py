@@ -34,9 +34,11 @@ def png_records(root: Path, out: Path, header: str, entries: Iterable[tuple[str,
 
 def heart_records(root: Path, out: Path, split_sizes: dict[str, int], sizes: tuple[int, ...], *,
                   severities: Callable[[np.random.Generator, int], np.ndarray],
-                  bnp_on: Callable[[int], bool], bnpp_on: Callable[[int], bool], seed: int) -> Path:
+                  bnp_on: Callable[[int], bool], bnpp_on: Callable[[int], bool], seed: int,
+                  findings: bool = False) -> Path:
     """Write 96 x 80 PNGs with a bright 'heart' whose radius grows with the labs (one patient each, explicit
-    splits) and their records at `sizes`; returns `out`."""
+    splits) and their records at `sizes`; returns `out`. findings=True adds finding columns: cardiomegaly
+    (severity > 0.5) and edema (the same, left empty on every third image)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:96, :80]
 
@@ -48,12 +50,13 @@ def heart_records(root: Path, out: Path, split_sizes: dict[str, int], sizes: tup
                 image[(yy - 55) ** 2 + (xx - 42) ** 2 < (8 + 18 * severity) ** 2] += 25000
                 bnp = f"{10 ** (1.3 + 1.6 * severity):.1f}" if bnp_on(index) else ""
                 bnpp = f"{10 ** (1.8 + 2 * severity):.1f}" if bnpp_on(index) else ""
+                flags = f",{int(severity > 0.5)},{'' if index % 3 == 0 else int(severity > 0.5)}" if findings else ""
                 yield (f"im{index}.png", np.clip(image, 0, 65535).astype(np.uint16),
-                       f"P{index},im{index}.png,2021-03-{1 + index % 28:02d},{bnp},{bnpp},{split}")
+                       f"P{index},im{index}.png,2021-03-{1 + index % 28:02d},{bnp},{bnpp},{split}{flags}")
                 index += 1
 
-    summary = png_records(root, out, "patient_id,image_path,study_datetime,bnp,bnpp,split", entries(), sizes,
-                          shard_size=10)
+    header = "patient_id,image_path,study_datetime,bnp,bnpp,split" + (",cardiomegaly,edema" if findings else "")
+    summary = png_records(root, out, header, entries(), sizes, shard_size=10)
     assert summary["per_size"][str(sizes[0])] == split_sizes
     return out
 

@@ -51,14 +51,16 @@ def standardized(image: tf.Tensor, content_box: tf.Tensor, method: str) -> tf.Te
 
 
 def _parse_record(serialized, size: int, with_metadata: bool, findings: tuple[str, ...] = (),
-                  standardize: str = "none", site: SiteAugmentConfig | None = None, site_seed=None):
+                  standardize: str = "none", site: SiteAugmentConfig | None = None, site_seed=None,
+                  finding_targets: bool = False):
     """Parse one record, only the features asked for (the full spec costs ~30% at 1024 px).
 
     With `site` (and its stateless `site_seed`), the windowed image is rendered as another site might take
-    it (records.augment.site_render) before standardisation.
+    it (records.augment.site_render) before standardisation. With `finding_targets` the targets go on with
+    the `findings` columns as 1.0 / 0.0, NaN where not given (training.findings' auxiliary heads).
     """
     spec = feature_spec(findings)
-    finding_keys = tuple(finding_key(name) for name in findings) if with_metadata else ()
+    finding_keys = tuple(finding_key(name) for name in findings) if with_metadata or finding_targets else ()
     needs_box = standardize != "none" or site is not None
     metadata_keys = (*METADATA_KEYS, *MASK_KEYS) if with_metadata else ("content_box",) if needs_box else ()
     wanted = ("image", *TARGET_KEYS, *metadata_keys, *finding_keys)
@@ -70,6 +72,9 @@ def _parse_record(serialized, size: int, with_metadata: bool, findings: tuple[st
         image = site_render(image, parsed["content_box"], site_seed, site)
     image = standardized(image, parsed.get("content_box"), standardize)
     targets = tf.stack([parsed[key] for key in TARGET_KEYS])
+    if finding_targets:
+        given = tf.cast(tf.stack([parsed[key] for key in finding_keys]), tf.float32)
+        targets = tf.concat([targets, tf.where(given < 0, tf.fill(tf.shape(given), float("nan")), given)], axis=0)
     if not with_metadata:
         return image, targets
     metadata = {key: parsed[key] for key in METADATA_KEYS}
@@ -88,9 +93,12 @@ def _parse_record(serialized, size: int, with_metadata: bool, findings: tuple[st
 def make_dataset(records_dir: str | os.PathLike, split: str, size: int, *, batch_size: int = 32,
                  training: bool = False, augment: AugmentConfig | None = None, shuffle_buffer: int = 1024,
                  cache: bool | str = False, deterministic: bool = False, seed: int = 0,
-                 with_metadata: bool = False, drop_remainder: bool = False, standardize: str = "none"
-                 ) -> tf.data.Dataset:
+                 with_metadata: bool = False, drop_remainder: bool = False, standardize: str = "none",
+                 finding_targets: bool = False) -> tf.data.Dataset:
     """Batches of (image [B, size, size, 1] in [0, 1], targets [B, 2]) (+ metadata dict if asked).
+
+    finding_targets=True appends the records' finding columns (record_findings) to the targets: [B, 2 + F],
+    1.0 / 0.0 and NaN where a finding is not given.
 
     training=True shuffles files and elements (reshuffled every epoch); `augment` (an AugmentConfig)
     turns on the training augmentation. deterministic=True fixes the order for tests; with a seed,
@@ -112,14 +120,14 @@ def make_dataset(records_dir: str | os.PathLike, split: str, size: int, *, batch
         dataset = dataset.cache("" if cache is True else str(cache))
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    findings = record_findings(records_dir) if with_metadata else ()
+    findings = record_findings(records_dir) if with_metadata or finding_targets else ()
     site = augment.site if augment is not None else None
     if site is not None:  # one stateless seed per image, from its own stream (the batch augmentation's stays as it was)
         site_seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, site_seeds))
     dataset = dataset.map(
         lambda record, site_seed=None: _parse_record(record, size, with_metadata, findings, standardize, site,
-                                                     site_seed),
+                                                     site_seed, finding_targets),
         num_parallel_calls=autotune, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if augment is not None:

@@ -71,6 +71,10 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
                          help=f"l1 (the paper's) or l2 (squared error) on the log10 labels (default: {d.loss})")
     options.add_argument("--loss-weights", type=float, nargs=2, metavar=("BNP", "BNPP"),
                          help="weights of the two outputs in the loss (default: 1 1)")
+    options.add_argument("--finding-loss-weight", type=float, metavar="W",
+                         help="train auxiliary heads on the finding columns the records carry (one logit each, masked "
+                              "binary cross-entropy times W added to the loss); model.keras keeps the two lab "
+                              f"outputs (default: {d.finding_loss_weight:g}, off)")
     options.add_argument("--keep", choices=KEEP,
                          help="which epoch model.keras holds: the last or the one with the lowest val loss (the "
                               f"paper preset's); default: {d.keep}")

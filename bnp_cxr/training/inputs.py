@@ -34,13 +34,15 @@ def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_worke
     # Full batches only (when there are enough images): BatchNorm on a 1-image remainder is noise.
     drop = n_train >= config.batch_size
     augment = (SITE_AUGMENT if config.site_augment else AugmentConfig()) if config.augment else None
+    findings = bool(config.finding_loss_weight)  # targets [labs, findings] for training.findings' heads
     train = make_dataset(config.records_dir, "train", config.size, batch_size=config.batch_size, training=True,
-                         augment=augment, shuffle_buffer=config.shuffle_buffer,
-                         cache=config.cache, seed=config.seed, drop_remainder=drop, standardize=config.standardize)
+                         augment=augment, shuffle_buffer=config.shuffle_buffer, cache=config.cache, seed=config.seed,
+                         drop_remainder=drop, standardize=config.standardize, finding_targets=findings)
     val_batch, left_out = val_batching(n_val, config.batch_size, replicas)
     try:
         val = make_dataset(config.records_dir, "val", config.size, batch_size=val_batch, cache=config.cache,
-                           deterministic=True, drop_remainder=left_out > 0, standardize=config.standardize)
+                           deterministic=True, drop_remainder=left_out > 0, standardize=config.standardize,
+                           finding_targets=findings)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{error}; training needs a val split to pick the best epoch") from None
     # A known length: Keras then reads the val set whole each epoch without probing past its end.

@@ -176,15 +176,20 @@ def tensorboard_available() -> bool:
 
 
 def _callbacks(out_dir: Path, backup_dir: Path, best_so_far: float | None, extra: Sequence, *,
-               keep: str = "last", tensorboard: bool = True) -> list:
+               keep: str = "last", tensorboard: bool = True, saved=None) -> list:
+    """fit's callbacks; `saved`: the model model.keras holds when it is not the one trained (finding heads)."""
     import keras
 
+    from bnp_cxr.training.findings import SavedModelCheckpoint
+
     logs = [keras.callbacks.TensorBoard(log_dir=str(out_dir / LOG_DIR))] if tensorboard else []
+    checkpoint = dict(filepath=str(out_dir / MODEL_FILE), monitor="val_loss", mode="min",
+                      save_best_only=keep == "best", initial_value_threshold=best_so_far)
     return [
         keras.callbacks.CSVLogger(str(out_dir / HISTORY_FILE), append=True),
         *logs,
-        keras.callbacks.ModelCheckpoint(str(out_dir / MODEL_FILE), monitor="val_loss", mode="min",
-                                        save_best_only=keep == "best", initial_value_threshold=best_so_far),
+        SavedModelCheckpoint(saved, **checkpoint) if saved is not None else
+        keras.callbacks.ModelCheckpoint(**checkpoint),
         # Last of ours: an epoch counts as completed only once its CSV row and model are written.
         keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True, delete_checkpoint=False),
         *extra,
@@ -211,6 +216,10 @@ def _preflight(config: TrainConfig, cluster: Cluster) -> tuple[dict, dict | None
     images = fingerprint["images"]
     if images["train"] == 0:
         raise FileNotFoundError(f"no train records at {config.size} px in {config.records_dir}")
+    if config.finding_loss_weight:  # before any pretraining: records without findings cannot train the heads
+        from bnp_cxr.training.findings import finding_columns
+
+        finding_columns(config.records_dir)
     replicas = cluster.replicas
     if replicas > 1 and (config.batch_size % replicas or images["train"] < config.batch_size
                          or images["val"] < replicas):
@@ -285,8 +294,10 @@ def _global_policy(name: str) -> Iterator[None]:
 
 
 def _compile(config: TrainConfig, cluster: Cluster, steps: int, element_spec, log: Callable[[str], None]):
-    """The model, built and compiled in the strategy's scope (and patched for multi-worker fit)."""
+    """(the model trained, the model model.keras holds), built and compiled in the strategy's scope (and patched
+    for multi-worker fit); the two differ only with finding heads (training.findings)."""
     from bnp_cxr.models import build_model, synchronize_batchnorm
+    from bnp_cxr.training.findings import WithFindingLoss, with_finding_heads
     from bnp_cxr.training.losses import LOSSES, default_metrics
 
     with cluster.strategy.scope():
@@ -296,12 +307,16 @@ def _compile(config: TrainConfig, cluster: Cluster, steps: int, element_spec, lo
             synchronized = synchronize_batchnorm(model)
             if cluster.chief:
                 log(f"BatchNorm synchronised across replicas in {synchronized} layer(s).")
+        saved, loss = model, LOSSES[config.loss](config.loss_weights)
+        if config.finding_loss_weight:  # the targets' columns after the two labs are the findings
+            model = with_finding_heads(saved, element_spec[1].shape[-1] - 2)
+            loss = WithFindingLoss(config.loss, config.loss_weights, config.finding_loss_weight)
         # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer; outputs stay float32.
-        model.compile(optimizer=make_optimizer(config, steps), loss=LOSSES[config.loss](config.loss_weights),
-                      metrics=default_metrics(), jit_compile=config.xla)
+        model.compile(optimizer=make_optimizer(config, steps), loss=loss, metrics=default_metrics(),
+                      jit_compile=config.xla)
     if cluster.kind == "multi_worker":
         patch_keras_for_multi_worker(model, element_spec)
-    return model
+    return model, saved
 
 
 def saved_options(config: TrainConfig) -> dict[str, Any]:
@@ -331,7 +346,7 @@ def _write_run_config(config: TrainConfig, cluster: Cluster, start: _Start, mode
 
 
 def _fit(model, config: TrainConfig, cluster: Cluster, start: _Start, out_dir: Path, data: tuple, *,
-         callbacks: Sequence, verbose: int | str, log: Callable[[str], None]) -> list[dict[str, float]]:
+         callbacks: Sequence, verbose: int | str, log: Callable[[str], None], saved=None) -> list[dict[str, float]]:
     """Train the epochs left (none when the run is complete); returns this worker's history file's rows."""
     train_data, val_data, steps = data
     run_dir = Path(config.run_dir)
@@ -339,7 +354,8 @@ def _fit(model, config: TrainConfig, cluster: Cluster, start: _Start, out_dir: P
         model.fit(train_data, validation_data=val_data, epochs=config.epochs, steps_per_epoch=steps,
                   shuffle=False, verbose=verbose,
                   callbacks=_callbacks(out_dir, run_dir / cluster.backup, start.best, callbacks, keep=config.keep,
-                                       tensorboard=cluster.chief and tensorboard_available()))
+                                       tensorboard=cluster.chief and tensorboard_available(),
+                                       saved=saved if saved is not model else None))
     else:
         log(f"{run_dir} already completed {start.done} of {config.epochs} epochs: nothing to train.")
     return read_history(out_dir / HISTORY_FILE)
@@ -373,11 +389,11 @@ def train(config: TrainConfig, *, callbacks: Sequence = (), verbose: int | str =
             if left_out and cluster.chief:
                 log(f"Validation leaves out the last {left_out} val image(s) each epoch: every one of the "
                     f"{cluster.replicas} replicas needs a non-empty batch (the test evaluation uses all).")
-            model = _compile(config, cluster, steps, train_data.element_spec, log)
+            model, saved = _compile(config, cluster, steps, train_data.element_spec, log)
             if cluster.chief:
                 _write_run_config(config, cluster, start, model, steps, notes)
             history = _fit(model, config, cluster, start, out_dir, (train_data, val_data, steps),
-                           callbacks=callbacks, verbose=verbose, log=log)
+                           callbacks=callbacks, verbose=verbose, log=log, saved=saved)
     return TrainResult(run_dir=run_dir, model_path=run_dir / MODEL_FILE, config=config,
                        epochs_completed=completed_epochs(run_dir, cluster.backup), history=history,
                        best_val_loss=_best_val_loss(history), notes=notes, chief=cluster.chief)
