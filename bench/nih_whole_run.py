@@ -96,7 +96,7 @@ def main() -> None:
     row = {**counts, "size_px": args.size, "model_px": config.get("model_px"), "members": config.get("members"),
            "pretrain": config.get("pretrain"), "records_min": round(records_min, 1),
            "pretrain_min": pretrain_min, "train_min": round(train_min, 1),
-           "within_budget": train_min <= BUDGET_MIN, "val_auc_text": val["auc_text"], "val": val}
+           "within_budget": train_min <= BUDGET_MIN, "val_auc_text": val["auc_text"], "val_scores": val}
     print(f"whole recipe: {train_min:.1f} min (pretraining {pretrain_min} of it); records {records_min:.1f} min; "
           f"val AUC {val['auc_text']}", flush=True)
     report(args.name, {"data": "every image of the NIH ChestX-ray14 subset (../shared/data/nih), stand-in labs as "
