@@ -86,6 +86,7 @@ RECIPES: dict[str, dict] = {
     # the default with auxiliary heads on the 15 NIH finding columns (training.findings, finding BCE weight 1):
     # features that tell heart-failure signs from the pneumonia and consolidation they are confused with
     "finding_heads": {"finding_loss_weight": 1.0},
+    "finding_heads_w0.25": {"finding_loss_weight": 0.25},  # the same with a quarter of that weight
     # the default pretraining on milder crops (views of at least 60 % of the image's area instead of 35 %): less
     # invariance to cropping off the costophrenic angles or the thorax's edges, where effusion and the heart's
     # size relative to the chest show (MoCo-CXR, Sowrirajan et al. 2021, left random crops out)
