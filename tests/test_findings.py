@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from archives import heart_records
 from bnp_cxr.records.reader import make_dataset, record_findings
-from bnp_cxr.training import TrainConfig, make_config, train
+from bnp_cxr.training import TrainConfig, load_compiled_model, make_config, train
 from bnp_cxr.training.config import identity_mismatches
 from bnp_cxr.training.findings import FINDING_LOGITS, WithFindingLoss
 from bnp_cxr.training.losses import MaskedL1, MaskedL2
@@ -89,8 +89,8 @@ def test_training_with_finding_heads_saves_the_two_output_model(finding_records,
     result = train(tiny_config(finding_records, tmp_path / "run", finding_loss_weight=0.5), verbose=0,
                    log=lambda _: None)
     run = RunDir(result.run_dir)
-    saved = keras.models.load_model(run.model, compile=False)
-    assert saved.output_shape == (None, 2)
+    saved = load_compiled_model(run.model)
+    assert saved.output_shape == (None, 2) and type(saved.loss) is MaskedL1
     assert FINDING_LOGITS not in [layer.name for layer in saved.layers]
     assert json.loads(run.config.read_text())["finding_loss_weight"] == 0.5
     assert len(result.history) == 2 and all(math.isfinite(row["loss"]) for row in result.history)

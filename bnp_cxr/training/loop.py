@@ -309,6 +309,8 @@ def _compile(config: TrainConfig, cluster: Cluster, steps: int, element_spec, lo
                 log(f"BatchNorm synchronised across replicas in {synchronized} layer(s).")
         saved, loss = model, LOSSES[config.loss](config.loss_weights)
         if config.finding_loss_weight:  # the targets' columns after the two labs are the findings
+            # model.keras is compiled with the lab loss alone, as any run's (its own optimizer is never stepped)
+            saved.compile(optimizer=make_optimizer(config, steps), loss=loss, metrics=default_metrics())
             model = with_finding_heads(saved, element_spec[1].shape[-1] - 2)
             loss = WithFindingLoss(config.loss, config.loss_weights, config.finding_loss_weight)
         # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer; outputs stay float32.
