@@ -95,9 +95,6 @@ RECIPES: dict[str, dict] = {
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}
 FINDINGS = ("cardiomegaly", "edema", "effusion")
-# The other NIH findings: a negative (no heart-failure sign) with one of them is not a clear film.
-OTHER_FINDINGS = ("atelectasis", "consolidation", "emphysema", "fibrosis", "hernia", "infiltration", "mass", "nodule",
-                  "pleural_thickening", "pneumonia", "pneumothorax")
 BENCH_ROW = "bench_row.json"  # in a finished run folder: its options and result row, for reuse
 
 
@@ -196,7 +193,7 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
         document = json.loads(saved.read_text())
         if same_run(document, key):
             return {**document["row"], "recipe": name, "fold": fold, **pretrain_minutes(run_dir),
-                    **negative_kind_aucs(RunDir(run_dir).predictions)}
+                    **negative_kind_aucs(RunDir(run_dir).predictions, args.n_boot)}
     if run_dir.exists():
         shutil.rmtree(run_dir)
     started = time.perf_counter()
@@ -208,7 +205,7 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
            "standardize": result.config.standardize, "keep": result.config.keep, "loss": result.config.loss,
            "pretrain": result.config.pretrain,
            "members": result.config.members, "train_min": round(train_min, 1), **pretrain_minutes(run_dir),
-           **score_row(evaluation), **negative_kind_aucs(RunDir(run_dir).predictions)}
+           **score_row(evaluation), **negative_kind_aucs(RunDir(run_dir).predictions, args.n_boot)}
     if source:  # train_min then lacks the pretraining that run paid for
         row.update(encoder_from=args.encoder_from, **pretrain_minutes(source))
         row["whole_min"] = round(train_min + row["pretrain_min"], 1)
@@ -255,23 +252,18 @@ def score_row(evaluation: dict) -> dict:
     return row
 
 
-def negative_kind_aucs(predictions) -> dict:
-    """AUC of predicted log10 BNPP: the positives against the negatives with no finding (auc_vs_clear), and
-    against the negatives with another finding such as pneumonia (auc_vs_other_findings); a path or a table."""
+def negative_kind_aucs(predictions, n_boot: int) -> dict:
+    """auc_vs_clear / auc_vs_other_findings: the positives against the negatives with no finding, and against
+    those with another (evaluation.metrics.negative_kind_aucs); `predictions` a predictions.csv path or table."""
     import pandas as pd
-    from sklearn.metrics import roc_auc_score
+
+    from bnp_cxr.evaluation import metrics
+    from bnp_cxr.workspace import FINDINGS as FINDING_COLUMNS
 
     table = pd.read_csv(predictions) if isinstance(predictions, (str, Path)) else predictions
-    others = [name for name in OTHER_FINDINGS if name in table]
-    if not others:
-        return {}
-    positive, other = table["positive"] == 1, (table[others] == 1).any(axis=1)
-    result = {}
-    for kind, negatives in (("clear", ~positive & ~other), ("other_findings", ~positive & other)):
-        rows = positive | negatives
-        if negatives.any() and positive.any():
-            result[f"auc_vs_{kind}"] = float(roc_auc_score(positive[rows], table.loc[rows, "pred_log10_bnpp"]))
-    return result
+    findings = [name for name in FINDING_COLUMNS if name in table]
+    return {f"auc_vs_{kind}": entry["estimate"]
+            for kind, entry in metrics.negative_kind_aucs(table, findings, n_boot=n_boot).items()}
 
 
 def mean_predictions(prediction_files: list[Path]):
@@ -291,7 +283,7 @@ def table_scores(table, n_boot: int) -> dict:
 
     evaluation = metrics.compute_metrics(table, n_boot=n_boot)
     evaluation["findings"] = metrics.finding_aucs(table, [name for name in FINDINGS if name in table], n_boot=n_boot)
-    return {**score_row(evaluation), **negative_kind_aucs(table)}
+    return {**score_row(evaluation), **negative_kind_aucs(table, n_boot)}
 
 
 def ensemble_row(run_dirs: list[Path], n_boot: int) -> dict:

@@ -214,6 +214,8 @@ def test_findings_travel_to_predictions_and_get_an_auc_each(finding_records, tmp
     assert result["findings"]["tb"]["estimate"] is None and result["findings"]["tb"]["n"] == 0
     assert json.loads(RunDir(run).metrics.read_text())["findings"] == result["findings"]
     assert "auc_pred_bnpp_vs_edema" in evaluation.format_table(result)
+    assert set(result["negatives"]) == {"clear", "other_findings"}  # both kinds of negative are reported
+    assert "auc_combined_vs_other_findings" in evaluation.format_table(result)
     # The run's standardisation is applied: CLAHE moves the global mean the model reads.
     plain = evaluation.predict_split(build_model(), finding_records, "test", SIZE)
     same = np.allclose(plain["pred_log10_bnpp"], table["pred_log10_bnpp"], atol=1e-4)

@@ -271,3 +271,19 @@ def test_finding_aucs_match_sklearn_on_the_known_rows_with_a_patient_bootstrap()
     # One class only: no AUC, reported as such rather than dropped.
     assert result["tb"]["estimate"] is None and result["tb"]["n_positive"] == 0
     assert metrics.finding_aucs(table, ["edema"], n_boot=1000, seed=3) == {"edema": edema}  # seeded
+
+
+def test_negative_kind_aucs_split_the_negatives_into_clear_films_and_other_disease():
+    # positives score highest, negatives with pneumonia in between, clear films lowest; no_finding is no finding
+    table = {"patient_id": [f"p{i}" for i in range(10)], "positive": [1, 1, 1, 0, 0, 0, 0, 0, 0, -1],
+             "pred_log10_bnpp": [3.0, 2.2, 2.9, 2.5, 2.1, 2.4, 1.0, 1.2, 2.8, 3.3],
+             "pneumonia": [0, 1, 0, 1, 1, 1, 0, 0, -1, 1],
+             "no_finding": [0, 0, 1, 0, 0, 0, 1, 1, -1, 0]}
+    result = metrics.negative_kind_aucs(table, ["pneumonia", "no_finding"], n_boot=1000, seed=0)
+    scores, positive = np.array(table["pred_log10_bnpp"]), np.array(table["positive"])
+    for kind, negatives in (("clear", [6, 7]), ("other_findings", [3, 4, 5])):  # row 8: nothing given; 9: unknown
+        rows = [0, 1, 2, *negatives]
+        assert result[kind]["estimate"] == pytest.approx(roc_auc_score(positive[rows], scores[rows]))
+        assert result[kind]["n"] == len(rows) and result[kind]["n_positive"] == 3
+    assert result["clear"]["estimate"] == 1.0 and result["other_findings"]["estimate"] < 1.0
+    assert metrics.negative_kind_aucs(table, ["no_finding"], n_boot=1000) == {}  # no finding column to split by

@@ -109,6 +109,8 @@ def evaluate_run(run_dir: str | os.PathLike, records_dir: str | os.PathLike | No
     findings = [column for column in table.columns if column not in PREDICTION_COLUMNS]
     if findings:  # the journal version's secondary analysis: predicted BNPP against radiological findings
         result["findings"] = metrics.finding_aucs(table, findings, n_boot=n_boot, seed=seed)
+        # which negatives it confuses with positives: clear films, or films with another finding
+        result["negatives"] = metrics.negative_kind_aucs(table, findings, n_boot=n_boot, seed=seed)
     table.to_csv(RunDir(run_dir).predictions, index=False, float_format="%.6g")
     RunDir(run_dir).metrics.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     plots.roc_figure(table, result, run_dir / ROC_PLOT, thresholds)
@@ -137,6 +139,9 @@ def format_table(result: dict) -> str:
     for name, entry in result.get("findings", {}).items():
         lines.append(f"{'auc_pred_bnpp_vs_' + name:32s} {_fmt(entry):>26s} {entry['n']:7d} {entry['n_patients']:9d} "
                      f"{entry['n_boot_skipped']:8d}  ({entry['n_positive']} with {name})")
+    for kind, entry in result.get("negatives", {}).items():
+        lines.append(f"{'auc_combined_vs_' + kind:32s} {_fmt(entry):>26s} {entry['n']:7d} {entry['n_patients']:9d} "
+                     f"{entry['n_boot_skipped']:8d}  (positives against {metrics.NEGATIVE_KINDS[kind]})")
     return "\n".join(lines)
 
 

@@ -43,6 +43,8 @@ LABEL_DEFINITIONS = {
     "bnp": "true BNP > threshold (censored labs on the wrong side of the threshold excluded)",
     "combined": "the records' 'positive' label (1 / 0); unknown (-1) excluded",
 }
+NO_FINDING = "no_finding"  # a finding column that says there is none (NIH, CheXpert): not a finding itself
+NEGATIVE_KINDS = {"clear": "negatives with no finding", "other_findings": "negatives with another finding"}
 COLUMNS = ("patient_id", "true_log10_bnp", "pred_log10_bnp", "true_log10_bnpp", "pred_log10_bnpp", "positive")
 
 
@@ -274,6 +276,24 @@ def _weight_chunks(cluster_ids: np.ndarray, n_boot: int, seed: int) -> Iterator[
         yield counts[start:start + chunk][:, codes].astype(np.float64)
 
 
+def _subset_aucs(table: Mapping, subsets: dict[str, tuple[np.ndarray, np.ndarray]], n_boot: int, seed: int,
+                 ci_level: float) -> dict[str, dict]:
+    """AUC [patient-bootstrap CI] of predicted log10 BNPP per named (rows, 0/1 labels of those rows)."""
+    patients = np.asarray(table["patient_id"]).astype(str)
+    scores = np.asarray(table["pred_log10_bnpp"], dtype=np.float64)
+    boot: dict[str, list[np.ndarray]] = {name: [] for name in subsets}
+    for weights in _weight_chunks(patients, n_boot, seed):  # one resampling shared by every subset
+        for name, (rows, labels) in subsets.items():
+            boot[name].append(weighted_auc(labels, scores[rows], weights[:, rows]))
+    results = {}
+    for name, (rows, labels) in subsets.items():
+        two_classes = 0 < labels.sum() < labels.size
+        point = float(roc_auc_score(labels, scores[rows])) if two_classes else math.nan
+        results[name] = {**_estimate(point, np.concatenate(boot[name]), rows, patients, ci_level).to_dict(),
+                         "n_positive": int(labels.sum())}
+    return results
+
+
 def finding_aucs(table: Mapping, findings: Sequence[str], *, n_boot: int = 2000, seed: int = 0,
                  ci_level: float = 0.95) -> dict[str, dict]:
     """AUC [patient-bootstrap CI] of predicted log10 BNPP against each binary finding column of `table`.
@@ -281,24 +301,37 @@ def finding_aucs(table: Mapping, findings: Sequence[str], *, n_boot: int = 2000,
     Rows whose finding is not 0 / 1 (-1 = not given, NaN) are left out of that finding's AUC only
     (Huynh et al., IEEE Access 2022: predicted BNPP against radiologist edema labels, AUC 0.801).
     """
-    patients = np.asarray(table["patient_id"]).astype(str)
     scores = np.asarray(table["pred_log10_bnpp"], dtype=np.float64)
-    known = {}  # finding -> (rows with a 0 / 1 label, the labels)
+    subsets = {}
     for name in findings:
         values = np.asarray(table[name], dtype=np.float64)
         rows = np.isin(values, (0.0, 1.0)) & np.isfinite(scores)
-        known[name] = rows, values[rows].astype(np.int64)
-    boot: dict[str, list[np.ndarray]] = {name: [] for name in findings}
-    for weights in _weight_chunks(patients, n_boot, seed):  # one resampling shared by every finding
-        for name, (rows, labels) in known.items():
-            boot[name].append(weighted_auc(labels, scores[rows], weights[:, rows]))
-    results = {}
-    for name, (rows, labels) in known.items():
-        two_classes = 0 < labels.sum() < labels.size
-        point = float(roc_auc_score(labels, scores[rows])) if two_classes else math.nan
-        results[name] = {**_estimate(point, np.concatenate(boot[name]), rows, patients, ci_level).to_dict(),
-                         "n_positive": int(labels.sum())}
-    return results
+        subsets[name] = rows, values[rows].astype(np.int64)
+    return _subset_aucs(table, subsets, n_boot, seed, ci_level)
+
+
+def negative_kind_aucs(table: Mapping, findings: Sequence[str], *, n_boot: int = 2000, seed: int = 0,
+                       ci_level: float = 0.95) -> dict[str, dict]:
+    """AUC [patient-bootstrap CI] of predicted log10 BNPP for the positive label against each kind of negative:
+    `clear` (every finding given is 0) and `other_findings` (some finding column is 1), which says whether a
+    model confuses heart-failure signs with normal films or with other disease.
+
+    `no_finding` is not a finding here; a negative with no finding given is in neither; {} without findings.
+    """
+    names = [name for name in findings if name != NO_FINDING]
+    if not names:
+        return {}
+    values = np.column_stack([np.asarray(table[name], dtype=np.float64) for name in names])
+    scores = np.asarray(table["pred_log10_bnpp"], dtype=np.float64)
+    label = np.asarray(table["positive"], dtype=np.float64)
+    other = (values == 1).any(axis=1)
+    clear = ~other & np.isin(values, (0.0, 1.0)).any(axis=1)
+    usable = np.isfinite(scores)
+    subsets = {}
+    for kind, negatives in zip(NEGATIVE_KINDS, (clear, other)):
+        rows = usable & ((label == 1) | ((label == 0) & negatives))
+        subsets[kind] = rows, (label[rows] == 1).astype(np.int64)
+    return _subset_aucs(table, subsets, n_boot, seed, ci_level)
 
 
 def compute_metrics(table: Mapping, *, n_boot: int = 2000, seed: int = 0, ci_level: float = 0.95,

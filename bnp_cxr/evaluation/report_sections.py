@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bnp_cxr.evaluation.metrics import NEGATIVE_KINDS
 from bnp_cxr.evaluation.report_render import CALIBRATION_PLOT
 from bnp_cxr.training.config import SAVED_BEFORE_OPTIONS, TrainConfig
 
@@ -175,6 +176,8 @@ def metrics_section(facts) -> list:
             for name, entry in metrics["metrics"].items()]
     rows += [[f"auc_pred_bnpp_vs_{name}", _ci(entry), entry.get("n", ""), entry.get("n_patients", "")]
              for name, entry in metrics.get("findings", {}).items()]
+    rows += [[f"auc_combined_vs_{kind} (positives against {NEGATIVE_KINDS[kind]})", _ci(entry), entry.get("n", ""),
+              entry.get("n_patients", "")] for kind, entry in metrics.get("negatives", {}).items()]
     return [["h", 2, "Test metrics"],
             ["p", f"{metrics.get('split', 'test')} split, {metrics['n_images']} images of {metrics['n_patients']} "
                   f"patients. {boot['ci_level']:.0%} confidence intervals: {boot['method']} ({boot['n_boot']} "
