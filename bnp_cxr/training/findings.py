@@ -2,7 +2,9 @@
 
 Multi-task learning (Caruana, "Multitask Learning", Machine Learning 1997): a network that must also name a
 radiograph's findings may learn features that tell them apart, e.g. on NIH the heart-failure signs from the
-pneumonia or consolidation a lab-only model confuses them with (bench/nih_recipe.py rows vs_other_findings).
+pneumonia or consolidation a lab-only model confuses them with (evaluate.py's auc_combined_vs_other_findings).
+Measured on NIH (bench/nih_recipe.py recipes finding_heads*, README) it did not: below the default on every fold
+tried, so it is off by default. With keep="best" the val loss that picks the epoch includes the finding term.
 The heads exist only while training: they read the pooled features of the run's model, and model.keras is
 that two-output model (its layers shared with the training model), so evaluation, ensembles and attribution
 see no change. TrainConfig.finding_loss_weight > 0 turns them on.
