@@ -98,14 +98,28 @@ FINDINGS = ("cardiomegaly", "edema", "effusion")
 BENCH_ROW = "bench_row.json"  # in a finished run folder: its options and result row, for reuse
 
 
+def read_manifest(manifest: Path) -> tuple[list[str], list[dict]]:
+    """(columns, rows) of a manifest CSV."""
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def write_split_manifest(path: Path, columns: list[str], rows: list[dict], split) -> Path:
+    """`rows` with a split column (one value per row) as the manifest CSV `path`."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*columns, "split"])
+        writer.writeheader()
+        writer.writerows({**row, "split": value} for row, value in zip(rows, split))
+    return path
+
+
 def fold_manifests(manifest: Path, n_folds: int, seed: int) -> list[Path]:
     """manifest_fold{k}.csv beside `manifest`: its rows with a split column (test = fold k, patient-level)."""
     import numpy as np
     from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
-    with open(manifest, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns, rows = list(reader.fieldnames or []), list(reader)
+    columns, rows = read_manifest(manifest)
     labels = np.array([float(row["bnpp"]) > 400 for row in rows], dtype=int)
     groups = np.array([row["patient_id"] for row in rows])
     folds = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(rows, labels, groups)
@@ -116,12 +130,7 @@ def fold_manifests(manifest: Path, n_folds: int, seed: int) -> list[Path]:
         inner = GroupShuffleSplit(1, test_size=VAL_FRACTION, random_state=seed + k)
         _, val = next(inner.split(rest, groups=groups[rest]))
         split[rest[val]] = "val"
-        path = manifest.with_name(f"manifest_fold{k}.csv")
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=[*columns, "split"])
-            writer.writeheader()
-            writer.writerows({**row, "split": value} for row, value in zip(rows, split))
-        paths.append(path)
+        paths.append(write_split_manifest(manifest.with_name(f"manifest_fold{k}.csv"), columns, rows, split))
     return paths
 
 
@@ -192,8 +201,12 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
     if saved.is_file() and not args.fresh:
         document = json.loads(saved.read_text())
         if same_run(document, key):
-            return {**document["row"], "recipe": name, "fold": fold, **pretrain_minutes(run_dir),
-                    **negative_kind_aucs(RunDir(run_dir).predictions, args.n_boot)}
+            row = {**document["row"], "recipe": name, "fold": fold, **pretrain_minutes(run_dir)}
+            if "auc_vs_clear" not in row:  # scored before these columns: from its predictions, once
+                import pandas as pd
+
+                row.update(negative_scores(negatives_of(pd.read_csv(RunDir(run_dir).predictions), args.n_boot)))
+            return row
     if run_dir.exists():
         shutil.rmtree(run_dir)
     started = time.perf_counter()
@@ -205,7 +218,7 @@ def run_recipe(name: str, records: Path, run_dir: Path, size: int, fold: int, se
            "standardize": result.config.standardize, "keep": result.config.keep, "loss": result.config.loss,
            "pretrain": result.config.pretrain,
            "members": result.config.members, "train_min": round(train_min, 1), **pretrain_minutes(run_dir),
-           **score_row(evaluation), **negative_kind_aucs(RunDir(run_dir).predictions, args.n_boot)}
+           **score_row(evaluation)}
     if source:  # train_min then lacks the pretraining that run paid for
         row.update(encoder_from=args.encoder_from, **pretrain_minutes(source))
         row["whole_min"] = round(train_min + row["pretrain_min"], 1)
@@ -249,21 +262,20 @@ def score_row(evaluation: dict) -> dict:
            "auc_text": format_entry(auc)}
     for finding in FINDINGS:
         row[f"auc_{finding}"] = evaluation.get("findings", {}).get(finding, {}).get("estimate")
-    return row
+    return {**row, **negative_scores(evaluation.get("negatives", {}))}
 
 
-def negative_kind_aucs(predictions, n_boot: int) -> dict:
-    """auc_vs_clear / auc_vs_other_findings: the positives against the negatives with no finding, and against
-    those with another (evaluation.metrics.negative_kind_aucs); `predictions` a predictions.csv path or table."""
-    import pandas as pd
+def negative_scores(negatives: dict) -> dict:
+    """auc_vs_clear / auc_vs_other_findings: the point estimates of a metrics.json "negatives" dict."""
+    return {f"auc_vs_{kind}": entry["estimate"] for kind, entry in negatives.items()}
 
+
+def negatives_of(table, n_boot: int) -> dict:
+    """evaluate_run's "negatives" for a predictions table: positives against clear and other-finding negatives."""
     from bnp_cxr.evaluation import metrics
     from bnp_cxr.workspace import FINDINGS as FINDING_COLUMNS
 
-    table = pd.read_csv(predictions) if isinstance(predictions, (str, Path)) else predictions
-    findings = [name for name in FINDING_COLUMNS if name in table]
-    return {f"auc_vs_{kind}": entry["estimate"]
-            for kind, entry in metrics.negative_kind_aucs(table, findings, n_boot=n_boot).items()}
+    return metrics.negative_kind_aucs(table, [name for name in FINDING_COLUMNS if name in table], n_boot=n_boot)
 
 
 def mean_predictions(prediction_files: list[Path]):
@@ -283,7 +295,8 @@ def table_scores(table, n_boot: int) -> dict:
 
     evaluation = metrics.compute_metrics(table, n_boot=n_boot)
     evaluation["findings"] = metrics.finding_aucs(table, [name for name in FINDINGS if name in table], n_boot=n_boot)
-    return {**score_row(evaluation), **negative_kind_aucs(table, n_boot)}
+    evaluation["negatives"] = negatives_of(table, n_boot)
+    return score_row(evaluation)
 
 
 def ensemble_row(run_dirs: list[Path], n_boot: int) -> dict:

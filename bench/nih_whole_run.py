@@ -18,7 +18,6 @@ Nothing else should run beside it (the minutes are the result).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -29,7 +28,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from common import report  # noqa: E402
-from nih_recipe import DEFAULT_DATA, FOLD_SEED, VAL_FRACTION, score_row  # noqa: E402
+from nih_recipe import (DEFAULT_DATA, FOLD_SEED, VAL_FRACTION, pretrain_minutes, read_manifest,  # noqa: E402
+                        score_row, write_split_manifest)
 
 from bnp_cxr.workspace import WORK_DIR  # noqa: E402
 
@@ -42,18 +42,12 @@ def whole_manifest(manifest: Path, seed: int) -> tuple[Path, dict]:
     import numpy as np
     from sklearn.model_selection import GroupShuffleSplit
 
-    with open(manifest, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns, rows = list(reader.fieldnames or []), list(reader)
+    columns, rows = read_manifest(manifest)
     groups = np.array([row["patient_id"] for row in rows])
     _, val = next(GroupShuffleSplit(1, test_size=VAL_FRACTION, random_state=seed).split(rows, groups=groups))
     split = np.full(len(rows), "train", dtype=object)
     split[val] = "val"
-    path = manifest.with_name("manifest_whole.csv")
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[*columns, "split"])
-        writer.writeheader()
-        writer.writerows({**row, "split": value} for row, value in zip(rows, split))
+    path = write_split_manifest(manifest.with_name("manifest_whole.csv"), columns, rows, split)
     counts = {name: int((split == name).sum()) for name in ("train", "val")}
     return path, {"rows": len(rows), "patients": len(set(groups)), **counts}
 
@@ -90,8 +84,7 @@ def main() -> None:
     train_min = timed(["tools/train.py", "--records", str(records), "--size", str(args.size), "--run-dir",
                        str(run_dir), "--verbose", "0"])
     config = json.loads(RunDir(run_dir).config.read_text())
-    encoder_key = RunDir(run_dir).encoder_key
-    pretrain_min = json.loads(encoder_key.read_text())["minutes"] if encoder_key.is_file() else None
+    pretrain_min = pretrain_minutes(run_dir).get("pretrain_min")
     val = score_row(evaluate_run(run_dir, records, split="val", n_boot=args.n_boot))
     row = {**counts, "size_px": args.size, "model_px": config.get("model_px"), "members": config.get("members"),
            "pretrain": config.get("pretrain"), "records_min": round(records_min, 1),
