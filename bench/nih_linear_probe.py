@@ -38,7 +38,8 @@ KINDS = ("random_init", "pretrained_encoder", "finetuned_member")
 
 
 def pooled_features(model, records: Path, split: str, size: int, standardize: str):
-    """(features [N, C] of the model's global pool, heart-failure label [N]) for every record of a split."""
+    """(features [N, C] of the model's global pool, heart-failure label [N]) for the records of a split with a known
+    label (the records' `positive`; -1, unknown, is left out as evaluate.py's combined AUC leaves it out)."""
     import keras
     import numpy as np
 
@@ -51,7 +52,9 @@ def pooled_features(model, records: Path, split: str, size: int, standardize: st
                                         standardize=standardize):
         features.append(np.asarray(encoder(images, training=False)))
         labels.append(meta["positive"].numpy())
-    return np.concatenate(features), np.concatenate(labels)
+    features, labels = np.concatenate(features), np.concatenate(labels)
+    known = labels >= 0
+    return features[known], labels[known]
 
 
 def probe_auc(model, records: Path, size: int, standardize: str) -> float:
