@@ -262,7 +262,8 @@ def same_run(document: dict, key: dict) -> bool:
 
 
 def score_row(evaluation: dict) -> dict:
-    """The result columns of one metrics.json dict: test AUC of the combined label with its CI, per finding."""
+    """The result columns of one metrics.json dict: test AUC of the combined label with its CI, per finding, and
+    against each kind of negative (negative_scores)."""
     from bnp_cxr.evaluation.study import format_entry
 
     auc = evaluation["metrics"]["auc_combined"]
