@@ -99,6 +99,10 @@ RECIPES: dict[str, dict] = {
     "finetune_epochs10": {"epochs": 10},
     # twice the members at half the epochs each: the default's fine-tuning time, more seeds averaged
     "members10_epochs10": {"members": 10, "epochs": 10},
+    # the default fine-tuning its members for 30 epochs: 10 -> 20 epochs gained on every fold (finetune_epochs10)
+    "finetune_epochs30": {"epochs": 30},
+    # the default fine-tuned on mixup blends (Zhang et al. 2018, alpha 0.2): a regulariser for ~900 labelled films
+    "mixup0.2": {"mixup": 0.2},
 }
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}

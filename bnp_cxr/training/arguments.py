@@ -75,6 +75,9 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
                          help="train auxiliary heads on the finding columns the records carry (one logit each, masked "
                               "binary cross-entropy times W added to the loss); model.keras keeps the two lab "
                               f"outputs (default: {d.finding_loss_weight:g}, off)")
+    options.add_argument("--mixup", type=float, metavar="ALPHA",
+                         help="mixup: train on Beta(ALPHA, ALPHA) blends of two images and of their log10 labs "
+                              f"(Zhang et al. 2018; default: {d.mixup:g}, off)")
     options.add_argument("--keep", choices=KEEP,
                          help="which epoch model.keras holds: the last or the one with the lowest val loss (the "
                               f"paper preset's); default: {d.keep}")

@@ -64,7 +64,7 @@ SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best", "members": 1, "si
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
                    "site_augment", "standardize", "loss", "loss_weights", "dropout", "keep", "members", "model_px",
-                   "widths", "pretrain", "pretrain_epochs", "pretrain_min_crop", "finding_loss_weight")
+                   "widths", "pretrain", "pretrain_epochs", "pretrain_min_crop", "finding_loss_weight", "mixup")
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,9 @@ class TrainConfig:
     # auxiliary heads while training (training.findings): one logit per finding column the records carry, their
     # masked binary cross-entropy added to the loss with this weight; 0 = off. model.keras keeps the 2 outputs.
     finding_loss_weight: float = 0.0
+    # mixup (training.inputs.mixup_batch): Beta(alpha, alpha) blends of training image pairs and their log10 labs;
+    # 0 = off
+    mixup: float = 0.0
     members: int | None = None  # models averaged into model.keras (training.ensemble); None: by backbone (resolve)
     # the resolution the model reads, px: records larger than it are area-averaged down to it inside the model
     # (a whole factor of size); at or above size: the full size. None: by backbone (resolve)
@@ -144,6 +147,10 @@ class TrainConfig:
             problems.append(f"loss_weights must be two non-negative numbers, not both 0, got {self.loss_weights}")
         if not 0 <= self.finding_loss_weight < float("inf"):
             problems.append(f"finding_loss_weight must be a finite number >= 0, got {self.finding_loss_weight}")
+        if not 0 <= self.mixup < float("inf"):
+            problems.append(f"mixup must be a finite number >= 0 (the Beta distribution's alpha), got {self.mixup}")
+        if self.mixup and self.finding_loss_weight:
+            problems.append("mixup blends the log10 labs only: it cannot be combined with finding_loss_weight > 0")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if self.site_augment and not self.augment:

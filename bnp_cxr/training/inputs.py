@@ -22,6 +22,29 @@ def val_batching(n_val: int, batch_size: int, replicas: int) -> tuple[int, int]:
     return batch, n_val % replicas
 
 
+def mixup_batch(images, targets, seed, alpha: float):
+    """Mixup (Zhang et al., ICLR 2018): each image blended with a random other of its batch, and its targets likewise.
+
+    Each image draws its own weight lambda ~ Beta(alpha, alpha) (two Gamma draws) from the stateless `seed`
+    ([2] int64), so a seeded run mixes the same pairs again. A lab missing in either image of a pair (NaN)
+    stays NaN in the blend and is masked by the loss.
+    """
+    import tensorflow as tf
+
+    batch = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    shape = tf.reshape(batch, [1])
+    first = tf.random.stateless_gamma(shape, seeds[0], alpha=alpha)
+    second = tf.random.stateless_gamma(shape, seeds[1], alpha=alpha)
+    weight = first / tf.maximum(first + second, 1e-12)  # both Gammas can underflow to 0 at a small alpha
+    partner = tf.random.experimental.stateless_shuffle(tf.range(batch), seeds[2])
+    image_weight = tf.cast(tf.reshape(weight, [-1, 1, 1, 1]), images.dtype)
+    target_weight = tf.cast(tf.reshape(weight, [-1, 1]), targets.dtype)
+    mixed_images = image_weight * images + (1 - image_weight) * tf.gather(images, partner)
+    mixed_targets = target_weight * targets + (1 - target_weight) * tf.gather(targets, partner)
+    return mixed_images, mixed_targets
+
+
 def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_workers: int, epochs: int):
     """(train dataset repeated for `epochs` epochs, val dataset, train steps per epoch, val images left out each
     epoch)."""
@@ -38,6 +61,11 @@ def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_worke
     train = make_dataset(config.records_dir, "train", config.size, batch_size=config.batch_size, training=True,
                          augment=augment, shuffle_buffer=config.shuffle_buffer, cache=config.cache, seed=config.seed,
                          drop_remainder=drop, standardize=config.standardize, finding_targets=findings)
+    if config.mixup:  # after the augmentation, on whole batches; its seeds from a stream of their own
+        seeds = tf.data.Dataset.random(seed=config.seed + 2, rerandomize_each_iteration=True).batch(2)
+        train = tf.data.Dataset.zip((train, seeds)).map(
+            lambda batch, seed: mixup_batch(batch[0], batch[1], seed, config.mixup),
+            num_parallel_calls=tf.data.AUTOTUNE)
     val_batch, left_out = val_batching(n_val, config.batch_size, replicas)
     try:
         val = make_dataset(config.records_dir, "val", config.size, batch_size=val_batch, cache=config.cache,
