@@ -103,6 +103,8 @@ RECIPES: dict[str, dict] = {
     "finetune_epochs30": {"epochs": 30},
     # the default fine-tuned on mixup blends (Zhang et al. 2018, alpha 0.2): a regulariser for ~900 labelled films
     "mixup0.2": {"mixup": 0.2},
+    # the default fine-tuned with a pairwise ranking term beside L1 (training.ranking, weight 1): the order AUC scores
+    "rank_loss": {"rank_loss_weight": 1.0},
 }
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}

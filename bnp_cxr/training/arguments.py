@@ -78,6 +78,10 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
     options.add_argument("--mixup", type=float, metavar="ALPHA",
                          help="mixup: train on Beta(ALPHA, ALPHA) blends of two images and of their log10 labs "
                               f"(Zhang et al. 2018; default: {d.mixup:g}, off)")
+    options.add_argument("--rank-loss-weight", type=float, metavar="W",
+                         help="add W times a pairwise ranking loss (positives above negatives at each output's "
+                              f"positivity threshold, RankNet's logistic) to the lab loss (default: "
+                              f"{d.rank_loss_weight:g}, off)")
     options.add_argument("--keep", choices=KEEP,
                          help="which epoch model.keras holds: the last or the one with the lowest val loss (the "
                               f"paper preset's); default: {d.keep}")

@@ -64,7 +64,8 @@ SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best", "members": 1, "si
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
                    "site_augment", "standardize", "loss", "loss_weights", "dropout", "keep", "members", "model_px",
-                   "widths", "pretrain", "pretrain_epochs", "pretrain_min_crop", "finding_loss_weight", "mixup")
+                   "widths", "pretrain", "pretrain_epochs", "pretrain_min_crop", "finding_loss_weight", "mixup",
+                   "rank_loss_weight")
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ class TrainConfig:
     # mixup (training.inputs.mixup_batch): Beta(alpha, alpha) blends of training image pairs and their log10 labs;
     # 0 = off
     mixup: float = 0.0
+    # a pairwise ranking term (training.ranking): positives above negatives at each output's threshold; 0 = off
+    rank_loss_weight: float = 0.0
     members: int | None = None  # models averaged into model.keras (training.ensemble); None: by backbone (resolve)
     # the resolution the model reads, px: records larger than it are area-averaged down to it inside the model
     # (a whole factor of size); at or above size: the full size. None: by backbone (resolve)
@@ -151,6 +154,10 @@ class TrainConfig:
             problems.append(f"mixup must be a finite number >= 0 (the Beta distribution's alpha), got {self.mixup}")
         if self.mixup and self.finding_loss_weight:
             problems.append("mixup blends the log10 labs only: it cannot be combined with finding_loss_weight > 0")
+        if not 0 <= self.rank_loss_weight < float("inf"):
+            problems.append(f"rank_loss_weight must be a finite number >= 0, got {self.rank_loss_weight}")
+        if self.rank_loss_weight and self.finding_loss_weight:
+            problems.append("rank_loss_weight and finding_loss_weight cannot be combined (one loss wraps the lab loss)")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if self.site_augment and not self.augment:

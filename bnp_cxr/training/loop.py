@@ -299,6 +299,7 @@ def _compile(config: TrainConfig, cluster: Cluster, steps: int, element_spec, lo
     from bnp_cxr.models import build_model, synchronize_batchnorm
     from bnp_cxr.training.findings import WithFindingLoss, with_finding_heads
     from bnp_cxr.training.losses import LOSSES, default_metrics
+    from bnp_cxr.training.ranking import WithRankLoss
 
     with cluster.strategy.scope():
         model = build_model(config.backbone, config.size, weights=config.weights, dropout=config.dropout,
@@ -313,6 +314,8 @@ def _compile(config: TrainConfig, cluster: Cluster, steps: int, element_spec, lo
             saved.compile(optimizer=make_optimizer(config, steps), loss=loss, metrics=default_metrics())
             model = with_finding_heads(saved, element_spec[1].shape[-1] - 2)
             loss = WithFindingLoss(config.loss, config.loss_weights, config.finding_loss_weight)
+        elif config.rank_loss_weight:
+            loss = WithRankLoss(config.loss, config.loss_weights, config.rank_loss_weight)
         # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer; outputs stay float32.
         model.compile(optimizer=make_optimizer(config, steps), loss=loss, metrics=default_metrics(),
                       jit_compile=config.xla)

@@ -161,5 +161,6 @@ def default_metrics() -> list[keras.metrics.Metric]:
 def load_compiled_model(path: str | os.PathLike) -> keras.Model:
     """A saved run model compiled with its masked L1 loss and metrics (registered by this module)."""
     from bnp_cxr.models import load_model
+    from bnp_cxr.training import ranking  # noqa: F401  registers WithRankLoss, the loss of runs with a rank term
 
     return load_model(path, compile=True)
