@@ -17,7 +17,7 @@ import os
 import keras
 from keras import layers, ops
 
-from bnp_cxr.training.losses import LOSSES, OUTPUTS, _replicas_in_sync, _split_known
+from bnp_cxr.training.losses import OUTPUTS, WithLabLoss, _replicas_in_sync, _split_known
 
 FINDING_LOGITS = "finding_logits"  # the auxiliary Dense layer: one logit per finding column
 HEAD_INPUT = "head_dropout"  # models.build_model's pooled features after dropout, which the lab head reads too
@@ -42,16 +42,14 @@ def with_finding_heads(model: keras.Model, n_findings: int) -> keras.Model:
 
 
 @keras.saving.register_keras_serializable(package="bnp_cxr")
-class WithFindingLoss(keras.losses.Loss):
+class WithFindingLoss(WithLabLoss):
     """The lab loss (MaskedL1 / MaskedL2) on the first two columns plus `finding_weight` times the mean binary
     cross-entropy of the finding logits over the findings given (NaN = not given: no loss, no gradient)."""
 
     def __init__(self, lab_loss: str = "l1", output_weights: tuple[float, float] = (1.0, 1.0),
                  finding_weight: float = 1.0, name: str = "labs_and_findings", **kwargs):
-        kwargs.pop("reduction", None)
-        super().__init__(name=name, reduction="sum", **kwargs)  # per-sample shares of the batch mean, as MaskedL1
-        self.lab_loss_name, self.finding_weight = lab_loss, float(finding_weight)
-        self.lab_loss = LOSSES[lab_loss](tuple(output_weights))
+        super().__init__(lab_loss, output_weights, name=name, **kwargs)
+        self.finding_weight = float(finding_weight)
 
     def call(self, y_true, y_pred):
         y_true, y_pred = ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
@@ -63,10 +61,7 @@ class WithFindingLoss(keras.losses.Loss):
         return labs + self.finding_weight * ops.sum(entropy, axis=-1) / (count * _replicas_in_sync())
 
     def get_config(self) -> dict:
-        config = super().get_config()
-        config.pop("reduction", None)
-        return {**config, "lab_loss": self.lab_loss_name, "output_weights": list(self.lab_loss.output_weights),
-                "finding_weight": self.finding_weight}
+        return {**super().get_config(), "finding_weight": self.finding_weight}
 
 
 class SavedModelCheckpoint(keras.callbacks.ModelCheckpoint):

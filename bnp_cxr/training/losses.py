@@ -92,6 +92,23 @@ class MaskedL2(MaskedL1):
 LOSSES = {"l1": MaskedL1, "l2": MaskedL2}  # TrainConfig.loss -> loss class
 
 
+class WithLabLoss(keras.losses.Loss):
+    """Base of the losses that add a term to the lab loss (MaskedL1 / MaskedL2 by TrainConfig.loss name): it holds
+    that loss and serialises it; a subclass's call() returns the lab loss's per-sample shares plus its own."""
+
+    def __init__(self, lab_loss: str = "l1", output_weights: tuple[float, float] = (1.0, 1.0), *, name: str,
+                 **kwargs):
+        kwargs.pop("reduction", None)
+        super().__init__(name=name, reduction="sum", **kwargs)  # per-sample shares of the batch mean, as MaskedL1
+        self.lab_loss_name = lab_loss
+        self.lab_loss = LOSSES[lab_loss](tuple(output_weights))
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.pop("reduction", None)
+        return {**config, "lab_loss": self.lab_loss_name, "output_weights": list(self.lab_loss.output_weights)}
+
+
 def _column(values, index: int):
     return ops.cast(values[:, index], "float32")
 

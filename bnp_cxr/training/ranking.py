@@ -14,13 +14,13 @@ import math
 import keras
 from keras import ops
 
-from bnp_cxr.training.losses import LOSSES, OUTPUTS, THRESHOLDS_PG_ML, _replicas_in_sync, _split_known
+from bnp_cxr.training.losses import OUTPUTS, THRESHOLDS_PG_ML, WithLabLoss, _replicas_in_sync, _split_known
 
 RANK_TEMPERATURE = 0.25  # log10 units: a pair ordered by 1 log10 unit costs 0.25 * softplus(-4) = 0.005
 
 
 @keras.saving.register_keras_serializable(package="bnp_cxr")
-class WithRankLoss(keras.losses.Loss):
+class WithRankLoss(WithLabLoss):
     """The lab loss (MaskedL1 / MaskedL2) plus `rank_weight` times the mean pairwise logistic loss
     T * softplus(-(p_pos - p_neg) / T) over the batch's (positive, negative) pairs of each output with both labs
     known, each output scaled by its weight; a batch without such a pair adds 0."""
@@ -28,10 +28,8 @@ class WithRankLoss(keras.losses.Loss):
     def __init__(self, lab_loss: str = "l1", output_weights: tuple[float, float] = (1.0, 1.0),
                  rank_weight: float = 1.0, temperature: float = RANK_TEMPERATURE, name: str = "labs_and_rank",
                  **kwargs):
-        kwargs.pop("reduction", None)
-        super().__init__(name=name, reduction="sum", **kwargs)  # per-sample shares of the batch mean, as MaskedL1
-        self.lab_loss_name, self.rank_weight, self.temperature = lab_loss, float(rank_weight), float(temperature)
-        self.lab_loss = LOSSES[lab_loss](tuple(output_weights))
+        super().__init__(lab_loss, output_weights, name=name, **kwargs)
+        self.rank_weight, self.temperature = float(rank_weight), float(temperature)
 
     def call(self, y_true, y_pred):
         y_true, y_pred = ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
@@ -49,7 +47,4 @@ class WithRankLoss(keras.losses.Loss):
         return labs + self.rank_weight * ops.sum(costs, axis=(1, 2)) / (count * _replicas_in_sync())
 
     def get_config(self) -> dict:
-        config = super().get_config()
-        config.pop("reduction", None)
-        return {**config, "lab_loss": self.lab_loss_name, "output_weights": list(self.lab_loss.output_weights),
-                "rank_weight": self.rank_weight, "temperature": self.temperature}
+        return {**super().get_config(), "rank_weight": self.rank_weight, "temperature": self.temperature}
