@@ -118,7 +118,7 @@ def run_bare(args, size: int, batch_size: int, precision: str) -> dict:
     from bnp_cxr.models import build_model
     from bnp_cxr.records.reader import AugmentConfig, make_dataset
     from bnp_cxr.training import MaskedL1
-    from bnp_cxr.training.loop import count_records
+    from bnp_cxr.records.reader import count_records
 
     n_train = count_records(args.records, "train", size)
     drop = n_train >= batch_size  # the loop's rule: full batches when there are enough images

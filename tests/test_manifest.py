@@ -65,6 +65,19 @@ def test_windows_separators_and_lateral_allowed(folder):
     assert manifest.rows[0].image_path == "img/a.png" and not manifest.rejects
 
 
+@pytest.mark.parametrize("header, line, written", [
+    (HEADER, "P1,img/a.png,2020-01-01,,,PA,", (math.nan, math.nan)),  # empty lab cells
+    ("patient_id,image_path,study_datetime,view\n", "P1,img/a.png,2020-01-01,PA", (math.nan, math.nan)),  # no columns
+    (HEADER, "P1,img/a.png,2020-01-01,50,,PA,", (50.0, math.nan)),  # a labelled row stays as it was
+])
+def test_an_unlabelled_archive_keeps_rows_without_labs(folder, header, line, written):
+    manifest = load_manifest(write(folder, line + "\n", header=header), config=ManifestConfig(keep_unlabelled=True))
+    assert not manifest.rejects and len(manifest.rows) == 1
+    row = manifest.rows[0]
+    assert (row.bnp_pg_ml, row.bnpp_pg_ml) == pytest.approx(written, nan_ok=True)
+    assert row.positive == (1 if written[0] > 100 else -1 if math.isnan(written[0]) else 0)
+
+
 def test_labels_and_pseudonyms(folder):
     manifest = load_manifest(write(folder, "MRN123,img/a.png,2020-01-01,<10,>35000,PA,\n"),
                              config=ManifestConfig(salt="site-secret"))

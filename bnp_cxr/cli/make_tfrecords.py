@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bnp-threshold", type=float, default=BNP_THRESHOLD_PG_ML,
                         help="positive if BNP > this pg/mL (default: %(default)s)")
     parser.add_argument("--allow-lateral", action="store_true", help="keep lateral views (rejected by default)")
+    parser.add_argument("--unlabelled", action="store_true",
+                        help="keep rows with neither BNP nor BNPP (rejected as no_label by default): records of an "
+                             "archive's films without lab results, for tools/train.py --pretrain-extra; such records "
+                             "cannot train on their own")
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="accept absolute manifest paths and ../ paths that leave the manifest's folder "
                              "(rejected by default)")
@@ -113,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = load_manifest(manifest_path, labs_path, ManifestConfig(
             thresholds=PositivityThresholds(bnpp_pg_ml=args.bnpp_threshold, bnp_pg_ml=args.bnp_threshold),
             pairing_window_hours=args.window_hours, allow_lateral=args.allow_lateral,
-            allow_outside_root=args.allow_outside_root, salt=manifest_salt(manifest_path)))
+            allow_outside_root=args.allow_outside_root, salt=manifest_salt(manifest_path),
+            keep_unlabelled=args.unlabelled))
         if args.runner == "local":
             summary = write_records(manifest, args.out, ingest)
         else:
@@ -135,8 +140,9 @@ def format_summary(summary: dict, out_dir: Path) -> str:
     lines = [f"{summary['rows']} manifest rows: {summary['written']} written, {summary['rejected']} rejected "
              f"({summary['elapsed_s']:.1f} s, {summary['resumed_groups']} shard groups kept from an earlier run)"]
     for split, counts in summary["per_split"].items():
+        no_lab = f" ({counts['no_lab']} without labs)" if counts.get("no_lab") else ""
         lines.append(f"  {split:5s} {counts.get('written', 0):6d} images  positive {counts.get('positive', 0)}, "
-                     f"negative {counts.get('negative', 0)}, unknown {counts.get('unknown', 0)}")
+                     f"negative {counts.get('negative', 0)}, unknown {counts.get('unknown', 0)}{no_lab}")
     if summary["reject_reasons"]:
         lines.append("  rejects: " + json.dumps(summary["reject_reasons"]))
     lines.append(f"records for sizes {summary['sizes']} in {out_dir}; see summary.json and rejects.csv there")

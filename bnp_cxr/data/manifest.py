@@ -67,6 +67,8 @@ class ManifestConfig:
     allow_lateral: bool = False
     salt: str | None = None
     allow_outside_root: bool = False  # accept absolute paths and ../ paths outside the manifest's folder
+    # keep rows with neither BNP nor BNPP (NaN labs): an archive's films for --pretrain-extra, not for training
+    keep_unlabelled: bool = False
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ def load_manifest(path: str | os.PathLike, labs_path: str | os.PathLike | None =
     """Validate a manifest (and optional labs table) into image rows and rejects."""
     config = config or ManifestConfig()
     path = Path(path)
-    frame = _checked_frame(path, labs_path is not None)
+    frame = _checked_frame(path, labs_path is not None, config.keep_unlabelled)
     findings = tuple(column for column in frame.columns if column in FINDINGS)
     root = path.parent
     rejects: list[Reject] = []
@@ -255,11 +257,12 @@ def load_manifest(path: str | os.PathLike, labs_path: str | os.PathLike | None =
                     finding_columns=findings)
 
 
-def _checked_frame(path: Path, labs_table: bool) -> pd.DataFrame:
-    """The manifest as strings with every known column present; ManifestError for a missing required one."""
+def _checked_frame(path: Path, labs_table: bool, unlabelled: bool = False) -> pd.DataFrame:
+    """The manifest as strings with every known column present; ManifestError for a missing required one (the lab
+    columns are optional with a labs table, or for an unlabelled archive)."""
     frame = _read_csv(path)
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
-    if not labs_table:
+    if not (labs_table or unlabelled):
         missing += [column for column in LAB_COLUMNS if column not in frame.columns]
     if missing:
         raise ManifestError(f"{path}: missing required column(s) {missing}; found {list(frame.columns)}")
@@ -273,12 +276,13 @@ def _checked_frame(path: Path, labs_table: bool) -> pd.DataFrame:
 
 
 def _image_rows(accepted: list[dict], config: ManifestConfig, paired: bool, reject) -> list[ImageRow]:
-    """ImageRows with pseudonymous keys, split and positivity; rows with neither lab are rejected (no_label)."""
+    """ImageRows with pseudonymous keys, split and positivity; rows with neither lab are rejected (no_label) unless
+    config.keep_unlabelled."""
     salt = resolve_salt(config.salt)
     rows = []
     for item in accepted:
         bnp, bnpp = item.pop("bnp"), item.pop("bnpp")
-        if math.isnan(bnp[0]) and math.isnan(bnpp[0]):
+        if math.isnan(bnp[0]) and math.isnan(bnpp[0]) and not config.keep_unlabelled:
             window = f" within {config.pairing_window_hours:g} h of the study" if paired else ""
             reject(item["row"], item["image_path"], "bnp,bnpp", "no_label", f"no BNP or BNPP value{window}")
             continue

@@ -6,15 +6,18 @@ Training batches may be augmented by bnp_cxr.records.augment (mild affine, brigh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import tensorflow as tf
 
 from bnp_cxr.records.augment import AugmentConfig, SiteAugmentConfig, augment_batch, site_render
 from bnp_cxr.records.schema import UINT16_MAX, feature_spec, finding_key, shard_glob
 from bnp_cxr.records.standardize import check_standardization, standardize_image
+from bnp_cxr.workspace import SPLITS
 
 TARGET_KEYS = ("log10_bnp", "log10_bnpp")
 
@@ -26,6 +29,48 @@ def list_shards(records_dir: str | os.PathLike, split: str, size: int) -> list[s
         raise FileNotFoundError(f"no {split} records at {size} px in {records_dir} "
                                 f"(expected {shard_glob(split, size)}); run tools/make_tfrecords.py --sizes {size}")
     return paths
+
+
+def read_summary(records_dir: str | os.PathLike) -> dict[str, Any]:
+    """The records folder's summary.json (make_tfrecords' counts and settings); {} without one."""
+    summary = Path(records_dir) / "summary.json"
+    return json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+def data_fingerprint(records_dir: str | os.PathLike, size: int) -> dict[str, Any]:
+    """sha256 over the shard names and byte sizes of every split at `size` and that size's image counts.
+
+    Only what this size's records hold counts: rewriting other sizes (which rewrites summary.json, with
+    its timings) must not make a finished run at this size look stale.
+    """
+    records = Path(records_dir)
+    hasher = hashlib.sha256()
+    shards = {}
+    for split in SPLITS:
+        try:
+            paths = [Path(path) for path in list_shards(records, split, size)]
+        except FileNotFoundError:
+            paths = []
+        shards[split] = len(paths)
+        for path in paths:
+            hasher.update(f"{path.name}\t{path.stat().st_size}\n".encode())
+    summary = records / "summary.json"
+    if summary.is_file():
+        per_size = json.loads(summary.read_text()).get("per_size", {}).get(str(size), {})
+        hasher.update(json.dumps(per_size, sort_keys=True).encode())
+    return {"sha256": hasher.hexdigest(), "size": size, "shards": shards, "summary_json": summary.is_file(),
+            "images": {split: count_records(records, split, size) if shards[split] else 0 for split in SPLITS}}
+
+
+def count_records(records_dir: str | os.PathLike, split: str, size: int) -> int:
+    """Images of a split at a size: from summary.json when it lists them, else by reading the shards."""
+    summary = Path(records_dir) / "summary.json"
+    if summary.is_file():
+        per_size = json.loads(summary.read_text()).get("per_size", {}).get(str(size))
+        if per_size is not None:
+            return int(per_size.get(split, 0))
+    dataset = tf.data.TFRecordDataset(list_shards(records_dir, split, size))
+    return int(dataset.reduce(0, lambda count, _: count + 1))
 
 
 METADATA_KEYS = ("image_id", "patient_id", "positive", "bnp_censored", "bnpp_censored", "content_box")

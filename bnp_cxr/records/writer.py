@@ -332,6 +332,8 @@ def _summarise(manifest: Manifest, plan: list[ShardGroup], markers: dict[str, di
             counts = per_split.setdefault(row.split, Counter())
             counts["written"] += 1
             counts[{1: "positive", 0: "negative"}.get(row.positive, "unknown")] += 1
+            if math.isnan(row.bnp_pg_ml) and math.isnan(row.bnpp_pg_ml):  # kept by make_tfrecords --unlabelled
+                counts["no_lab"] += 1
     summary = {
         "manifest": manifest.path.name,
         "rows": manifest.n_rows,

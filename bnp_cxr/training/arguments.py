@@ -99,10 +99,15 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
                               f"folder and reused on --resume (default: {CPU_PRETRAIN} with the CPU backbone and no "
                               "--weights, none otherwise)")
     options.add_argument("--pretrain-epochs", type=int, metavar="N",
-                         help=f"passes of the pretraining over the train and val images (default: {d.pretrain_epochs})")
+                         help="passes of the pretraining over the train and val images and any --pretrain-extra "
+                              f"(default: {d.pretrain_epochs})")
     options.add_argument("--pretrain-min-crop", type=float, metavar="FRACTION",
                          help="the smallest share of an image's area a pretraining view crops (default: "
                               f"{d.pretrain_min_crop})")
+    options.add_argument("--pretrain-extra", nargs="+", metavar="RECORDS_DIR",
+                         help="records folders (tools/make_tfrecords.py at --size) of other radiographs whose images, "
+                              "every split and without their labels, join the pretraining: e.g. an archive's films "
+                              "without lab results; images of this run's test patients are left out (default: none)")
     options.add_argument("--widths", type=int, nargs="+", metavar="C",
                          help=f"channels of the small CNN's conv blocks, one per block (default: "
                               f"{' '.join(map(str, SMALL_CNN_WIDTHS))})")
@@ -114,7 +119,7 @@ def training_options(args: argparse.Namespace) -> dict:
     options = {key: value for key, value in vars(args).items() if key in names and value is not None}
     if "weights" in options and options["weights"].lower() == "none":
         options["weights"] = None
-    for name in ("loss_weights", "widths"):
+    for name in ("loss_weights", "widths", "pretrain_extra"):
         if name in options:
             options[name] = tuple(options[name])
     return options

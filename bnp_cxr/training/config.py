@@ -64,8 +64,8 @@ SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best", "members": 1, "si
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
                    "site_augment", "standardize", "loss", "loss_weights", "dropout", "keep", "members", "model_px",
-                   "widths", "pretrain", "pretrain_epochs", "pretrain_min_crop", "finding_loss_weight", "mixup",
-                   "rank_loss_weight")
+                   "widths", "pretrain", "pretrain_epochs", "pretrain_min_crop", "pretrain_extra",
+                   "finding_loss_weight", "mixup", "rank_loss_weight")
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,11 @@ class TrainConfig:
     # self-supervised pretraining of the backbone first (PRETRAIN_METHODS); its encoder becomes `weights`.
     # None: CPU_PRETRAIN for the CPU recipe without --weights, else none (resolve)
     pretrain: str | None = None
-    pretrain_epochs: int = 60  # passes over the train and val images (training.pretrain)
+    pretrain_epochs: int = 60  # passes over the train and val images and any pretrain_extra (training.pretrain)
     pretrain_min_crop: float = 0.35  # a view is a random crop of at least this fraction of the image's area
+    # records folders of other radiographs (every split, labels unread) that join the pretraining's own train and
+    # val images: an archive's films without lab results; images of this run's test patients are left out
+    pretrain_extra: tuple[str, ...] = ()
     # last: the final epoch, where the cosine schedule has annealed the rate to 0; best: the lowest val loss,
     # which on a val split of ~140 images picks an epoch partly by chance (bench/keep_epoch.py).
     keep: str = "last"
@@ -133,8 +136,7 @@ class TrainConfig:
             problems.append("epochs, batch_size, shuffle_buffer and pretrain_epochs must be >= 1")
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
-        if not 0 < self.pretrain_min_crop <= 1:
-            problems.append(f"pretrain_min_crop must be in (0, 1], got {self.pretrain_min_crop}")
+        problems.extend(self._pretrain_problems())
         problems.extend(self._optimizer_problems())
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
@@ -170,10 +172,6 @@ class TrainConfig:
             problems.append(str(error))
         if self.standardize is not None and self.standardize not in STANDARDIZATIONS:
             problems.append(f"standardize must be one of {STANDARDIZATIONS}, got {self.standardize!r}")
-        if self.pretrain is not None and self.pretrain not in PRETRAIN_METHODS:
-            problems.append(f"pretrain must be one of {PRETRAIN_METHODS}, got {self.pretrain!r}")
-        elif self.pretrain not in (None, "none") and self.weights == "imagenet":
-            problems.append(f"pretrain {self.pretrain} makes the starting weights: it cannot start from imagenet")
         if self.preset is not None and self.preset not in PRESETS:
             problems.append(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if self.widths is not None and (self.backbone not in (None, CPU_BACKBONE) or not self.widths
@@ -182,6 +180,18 @@ class TrainConfig:
                             f"{CPU_BACKBONE}, got {self.widths} with backbone {self.backbone}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _pretrain_problems(self) -> list[str]:
+        problems = []
+        if self.pretrain is not None and self.pretrain not in PRETRAIN_METHODS:
+            problems.append(f"pretrain must be one of {PRETRAIN_METHODS}, got {self.pretrain!r}")
+        elif self.pretrain not in (None, "none") and self.weights == "imagenet":
+            problems.append(f"pretrain {self.pretrain} makes the starting weights: it cannot start from imagenet")
+        if not 0 < self.pretrain_min_crop <= 1:
+            problems.append(f"pretrain_min_crop must be in (0, 1], got {self.pretrain_min_crop}")
+        if self.pretrain_extra and self.pretrain == "none":
+            problems.append("pretrain_extra adds images to the pretraining: it needs pretrain simclr, not none")
+        return problems
 
     def _optimizer_problems(self) -> list[str]:
         if self.optimizer not in OPTIMIZERS:
@@ -213,7 +223,7 @@ class TrainConfig:
         """A config from `to_json` output (unknown keys, e.g. versions in config.json, are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         kept = {key: value for key, value in values.items() if key in names}
-        for name in ("loss_weights", "widths"):
+        for name in ("loss_weights", "widths", "pretrain_extra"):
             if kept.get(name) is not None:
                 kept[name] = tuple(kept[name])
         if "widths" not in kept and kept.get("backbone") in (None, CPU_BACKBONE):  # saved before the option

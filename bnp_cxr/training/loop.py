@@ -17,11 +17,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
-import hashlib
 import importlib.util
 import json
 import math
-import os
 import platform
 import shutil
 import tempfile
@@ -30,9 +28,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from bnp_cxr.files import atomic_path, write_json
+from bnp_cxr.records.reader import count_records, data_fingerprint, read_summary
 from bnp_cxr.training.cluster import (BACKUP_DIR, Cluster, agree, patch_keras_for_multi_worker, settings_digest,
                                       start_strategy, strategy_kind)
-from bnp_cxr.workspace import SPLITS, RunDir
+from bnp_cxr.workspace import RunDir
 from bnp_cxr.training.config import CONFIG_FILE, TrainConfig, dtype_policy, identity_mismatches, resolve
 from bnp_cxr.training.inputs import make_datasets, val_batching
 from bnp_cxr.training.optimizers import learning_rate, make_optimizer
@@ -59,48 +58,6 @@ class TrainResult:
     best_val_loss: float | None
     notes: list[str]
     chief: bool = True  # only the chief of a multi-worker run owns run_dir (and evaluates)
-
-
-def data_fingerprint(records_dir: str | os.PathLike, size: int) -> dict[str, Any]:
-    """sha256 over the shard names and byte sizes of every split at `size` and that size's image counts.
-
-    Only what this size's records hold counts: rewriting other sizes (which rewrites summary.json, with
-    its timings) must not make a finished run at this size look stale.
-    """
-    from bnp_cxr.records.reader import list_shards
-
-    records = Path(records_dir)
-    hasher = hashlib.sha256()
-    shards = {}
-    for split in SPLITS:
-        try:
-            paths = [Path(path) for path in list_shards(records, split, size)]
-        except FileNotFoundError:
-            paths = []
-        shards[split] = len(paths)
-        for path in paths:
-            hasher.update(f"{path.name}\t{path.stat().st_size}\n".encode())
-    summary = records / "summary.json"
-    if summary.is_file():
-        per_size = json.loads(summary.read_text()).get("per_size", {}).get(str(size), {})
-        hasher.update(json.dumps(per_size, sort_keys=True).encode())
-    return {"sha256": hasher.hexdigest(), "size": size, "shards": shards, "summary_json": summary.is_file(),
-            "images": {split: count_records(records, split, size) if shards[split] else 0 for split in SPLITS}}
-
-
-def count_records(records_dir: str | os.PathLike, split: str, size: int) -> int:
-    """Images of a split at a size: from summary.json when it lists them, else by reading the shards."""
-    summary = Path(records_dir) / "summary.json"
-    if summary.is_file():
-        per_size = json.loads(summary.read_text()).get("per_size", {}).get(str(size))
-        if per_size is not None:
-            return int(per_size.get(split, 0))
-    import tensorflow as tf
-
-    from bnp_cxr.records.reader import list_shards
-
-    dataset = tf.data.TFRecordDataset(list_shards(records_dir, split, size))
-    return int(dataset.reduce(0, lambda count, _: count + 1))
 
 
 def library_versions() -> dict[str, str]:
@@ -216,6 +173,10 @@ def _preflight(config: TrainConfig, cluster: Cluster) -> tuple[dict, dict | None
     images = fingerprint["images"]
     if images["train"] == 0:
         raise FileNotFoundError(f"no train records at {config.size} px in {config.records_dir}")
+    train_counts = read_summary(config.records_dir).get("per_split", {}).get("train", {})
+    if train_counts.get("written") and train_counts.get("no_lab") == train_counts["written"]:
+        raise ValueError(f"the train records in {config.records_dir} have no BNP or BNPP (made with make_tfrecords "
+                         "--unlabelled): they can join another run's pretraining (--pretrain-extra), not train one")
     if config.finding_loss_weight:  # before any pretraining: records without findings cannot train the heads
         from bnp_cxr.training.findings import finding_columns
 

@@ -5,8 +5,9 @@ of each image (crop, exposure, contrast, blur, noise) pass through the backbone 
 NT-Xent loss pulls a pair's embeddings together against the batch's other images. Sowrirajan et al., "MoCo
 Pretraining Improves Representation and Transferability of Chest X-ray Models", MIDL 2021, found such
 pretraining helps most where labels are few. No labels are read and the test split never is: the encoder sees
-the images the supervised run trains and validates on, nothing else. Views keep the chest's left and right (no
-flips), as the training augmentation does.
+the images the supervised run trains and validates on, plus, with TrainConfig.pretrain_extra, every image of other
+records folders (an archive's films without lab results: tools/make_tfrecords.py --unlabelled) except those of
+this run's test patients. Views keep the chest's left and right (no flips), as the training augmentation does.
 
 The encoder (the backbone's layers, by name) is saved as `RunDir.encoder` with the key it was made under; a run
 or a resumed run with the same key reuses it, and `--weights` loads it into the supervised model by layer name.
@@ -27,7 +28,8 @@ import numpy as np
 
 from bnp_cxr.files import atomic_path, write_json
 from bnp_cxr.training.config import TrainConfig
-from bnp_cxr.workspace import RunDir
+from bnp_cxr.records.schema import shard_glob
+from bnp_cxr.workspace import SPLITS, RunDir
 
 PRETRAIN_SPLITS = ("train", "val")  # never the test split
 
@@ -57,13 +59,60 @@ PRETRAIN = PretrainConfig()
 def unlabelled_images(config: TrainConfig) -> np.ndarray:
     """The train and val images of a resolved config's records, standardised as the run's model reads them
     (float16 [N, size, size, 1]; read once: CLAHE per image and epoch would cost more than the network)."""
+    return np.concatenate([_read_images(config, config.records_dir, split)[0] for split in PRETRAIN_SPLITS])
+
+
+def _read_images(config: TrainConfig, records_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images float16 [N, size, size, 1] standardised as the run's model reads them, patient IDs [N]) of a split."""
     from bnp_cxr.records.reader import make_dataset
 
-    batches = [images.numpy().astype(np.float16)
-               for split in PRETRAIN_SPLITS
-               for images, _ in make_dataset(config.records_dir, split, config.size, batch_size=64,
-                                             deterministic=True, standardize=config.standardize)]
-    return np.concatenate(batches)
+    images, patients = [], []
+    for batch, _, metadata in make_dataset(records_dir, split, config.size, batch_size=64, deterministic=True,
+                                           standardize=config.standardize, with_metadata=True):
+        images.append(batch.numpy().astype(np.float16))
+        patients.append(metadata["patient_id"].numpy())
+    return np.concatenate(images), np.concatenate(patients)
+
+
+def extra_images(config: TrainConfig) -> tuple[np.ndarray, list[dict]]:
+    """The images of config.pretrain_extra's records folders (every split at config.size) without any of this
+    run's test patients (matched by pseudonymous patient ID), and per folder what was read and left out."""
+    from bnp_cxr.records.reader import list_shards
+
+    own = Path(config.records_dir).resolve()
+    try:
+        test_patients = _read_images(config, config.records_dir, "test")[1]
+    except FileNotFoundError:  # a run without a test split has no patients to keep out
+        test_patients = np.array([], dtype=object)
+    kept, counts = [], []
+    for folder in config.pretrain_extra:
+        if Path(folder).resolve() == own:
+            raise ValueError(f"pretrain_extra {folder} is this run's own records folder: its test split would join "
+                             "the pretraining (the train and val images are in it already)")
+        splits = [split for split in SPLITS if list(Path(folder).glob(shard_glob(split, config.size)))]
+        if not splits:
+            list_shards(folder, "train", config.size)  # raises FileNotFoundError naming the folder and the glob
+        count = {"records_dir": str(folder), "images": 0, "left_out_test_patients": 0}
+        for split in splits:
+            images, patients = _read_images(config, folder, split)
+            mask = ~np.isin(patients, test_patients)
+            kept.append(images[mask])
+            count["images"] += int(mask.sum())
+            count["left_out_test_patients"] += int((~mask).sum())
+        counts.append(count)
+    size = config.size
+    return (np.concatenate(kept) if kept else np.zeros((0, size, size, 1), np.float16)), counts
+
+
+def pretraining_images(config: TrainConfig, log: Callable[[str], None] = print) -> tuple[np.ndarray, list[dict]]:
+    """The run's train and val images and those of its pretrain_extra folders (extra_images' counts)."""
+    images = unlabelled_images(config)
+    if not config.pretrain_extra:
+        return images, []
+    more, extra = extra_images(config)
+    log(f"Pretraining on {len(images)} train / val images and {len(more)} from {len(extra)} other records folders "
+        f"({sum(count['left_out_test_patients'] for count in extra)} images of this run's test patients left out)")
+    return np.concatenate([images, more]), extra
 
 
 def contrastive_view(images, seed, settings: PretrainConfig = PRETRAIN):
@@ -121,7 +170,7 @@ def pretrain_encoder(config: TrainConfig, out: Path, settings: PretrainConfig = 
 
     from bnp_cxr.models import POOL_NAME, build_model
 
-    images = unlabelled_images(config)
+    images, extra = pretraining_images(config, log)
     n = len(images)
     batch = min(settings.batch_size, n)
     if batch < 2:
@@ -165,14 +214,20 @@ def pretrain_encoder(config: TrainConfig, out: Path, settings: PretrainConfig = 
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, suffix=".keras") as temp:
         encoder.save(temp)
-    return {"images": n, "steps": config.pretrain_epochs * steps_per_epoch, "loss": round(float(loss), 4),
-            "pair_accuracy": round(float(accuracy), 4), "minutes": round((time.perf_counter() - started) / 60, 2)}
+    return {"images": n, "extra": extra, "steps": config.pretrain_epochs * steps_per_epoch,
+            "loss": round(float(loss), 4), "pair_accuracy": round(float(accuracy), 4),
+            "minutes": round((time.perf_counter() - started) / 60, 2)}
 
 
 def pretrain_key(config: TrainConfig, data: dict, settings: PretrainConfig = PRETRAIN) -> dict:
     """What an encoder depends on: the records' data, the architecture, the standardisation, the seed, the settings."""
+    from bnp_cxr.records.reader import data_fingerprint
+
     fields = ("size", "backbone", "model_px", "widths", "standardize", "seed", "pretrain", "pretrain_epochs")
+    # Only a run with extra folders gets the field, so encoders made before the option keep their keys.
+    extra = {"extra_sha256": [data_fingerprint(folder, config.size)["sha256"] for folder in config.pretrain_extra]}
     return json.loads(json.dumps({"data_sha256": data["sha256"], **{name: getattr(config, name) for name in fields},
+                                  **(extra if config.pretrain_extra else {}),
                                   "settings": dataclasses.asdict(settings)}))
 
 
