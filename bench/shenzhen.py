@@ -8,11 +8,14 @@ records and runs (never commit them: they derive from the images).
 
     python bench/shenzhen.py                              # 256 px, 30 epochs, seed 0
     python bench/shenzhen.py --size 128 --epochs 10 --seeds 0 1 2
+    python bench/shenzhen.py --size 256 --epochs 10 --seeds 0 1 2 --site-augment --pretrain simclr \
+        --pretrain-epochs 20 --pretrain-extra work/nih/records256/whole  # + the NIH images (bench/nih_whole_run.py's)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -43,7 +46,7 @@ def ensure_records(data_dir: Path, work_dir: Path, size: int, workers: int) -> P
 
 def run_seed(records: Path, run_dir: Path, size: int, epochs: int, seed: int, batch_size: int,
              n_boot: int, site_augment: bool = False, members: int = 1, pretrain: str = "none",
-             pretrain_epochs: int | None = None) -> dict:
+             pretrain_epochs: int | None = None, pretrain_extra: tuple[str, ...] = ()) -> dict:
     """Train one run (from scratch unless pretrain names a method) and evaluate it on the test split; one result
     row."""
     from bnp_cxr.evaluation.evaluate import evaluate_run
@@ -54,7 +57,8 @@ def run_seed(records: Path, run_dir: Path, size: int, epochs: int, seed: int, ba
     config = make_config({"records_dir": str(records), "size": size, "backbone": "small_cnn", "members": members,
                           "epochs": epochs, "seed": seed, "batch_size": batch_size, "run_dir": str(run_dir),
                           "site_augment": site_augment, "pretrain": pretrain,
-                          **({"pretrain_epochs": pretrain_epochs} if pretrain_epochs else {})})
+                          **({"pretrain_epochs": pretrain_epochs} if pretrain_epochs else {}),
+                          **({"pretrain_extra": tuple(pretrain_extra)} if pretrain_extra else {})})
     started = time.perf_counter()
     result = train(config, verbose=0, log=lambda _: None)
     train_s = time.perf_counter() - started
@@ -62,6 +66,7 @@ def run_seed(records: Path, run_dir: Path, size: int, epochs: int, seed: int, ba
     row = {"size_px": size, "model_px": result.config.model_px, "epochs": epochs, "seed": seed,
            "site_augment": site_augment, "members": members, "pretrain": result.config.pretrain,
            "pretrain_epochs": result.config.pretrain_epochs if result.config.pretrain != "none" else None,
+           "pretrain_extra_images": pretraining_extra(run_dir),
            "train_s": round(train_s, 1),
            "best_val_loss": result.best_val_loss, "n_test": evaluation["n_images"]}
     for name in METRICS:
@@ -69,6 +74,14 @@ def run_seed(records: Path, run_dir: Path, size: int, epochs: int, seed: int, ba
         row[name] = entry["estimate"]
         row[f"{name}_ci"] = [entry["ci_low"], entry["ci_high"]]
     return row
+
+
+def pretraining_extra(run_dir: Path) -> int:
+    """Images the run's pretraining took from --pretrain-extra folders (its encoder.json; 0 without)."""
+    from bnp_cxr.workspace import RunDir
+
+    record = RunDir(run_dir).encoder_key
+    return sum(count["images"] for count in json.loads(record.read_text()).get("extra", [])) if record.is_file() else 0
 
 
 def shenzhen_parser(description: str, name: str) -> argparse.ArgumentParser:
@@ -103,15 +116,19 @@ def main() -> None:
                         help="self-supervised pretraining first (default: none, as the benches before it; train.py "
                              "on a CPU: simclr)")
     parser.add_argument("--pretrain-epochs", type=int, help="its epochs (default: train.py's)")
+    parser.add_argument("--pretrain-extra", nargs="+", default=[], metavar="RECORDS_DIR",
+                        help="records folders of other radiographs (at --size) that join the pretraining, e.g. "
+                             "work/nih/records256/fold0: every NIH image, from other sites")
     args = parse_with_data(parser)
 
     records = ensure_records(args.data, args.work, args.size, args.workers)
     parts = [("_site", args.site_augment), (f"_members{args.members}", args.members > 1),
-             (f"_{args.pretrain}{args.pretrain_epochs or ''}", args.pretrain != "none")]
+             (f"_{args.pretrain}{args.pretrain_epochs or ''}", args.pretrain != "none"),
+             ("_extra", bool(args.pretrain_extra))]
     suffix = "".join(part for part, wanted in parts if wanted)
     rows = [run_seed(records, args.work / "runs" / f"size{args.size}_e{args.epochs}_seed{seed}{suffix}", args.size,
                      args.epochs, seed, args.batch_size, args.n_boot, args.site_augment, args.members,
-                     args.pretrain, args.pretrain_epochs)
+                     args.pretrain, args.pretrain_epochs, tuple(args.pretrain_extra))
             for seed in args.seeds]
     for row in rows:  # the table shows "estimate [low, high]"
         for name in METRICS:
@@ -123,7 +140,7 @@ def main() -> None:
                        "min_auc_bnpp": min(row["auc_bnpp_gt_400"] for row in rows),
                        "min_auc_bnpp_ci_low": min(row["auc_bnpp_gt_400_ci"][0] for row in rows)},
            rows, ["size_px", "model_px", "epochs", "seed", "site_augment", "members", "pretrain", "pretrain_epochs",
-                  "train_s", "n_test",
+                  "pretrain_extra_images", "train_s", "n_test",
                   "auc_bnpp_gt_400_text", "auc_combined_text", "pearson_r_log10_bnpp_text"])
 
 
