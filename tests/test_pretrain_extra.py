@@ -53,6 +53,12 @@ def test_extra_images_leave_out_this_runs_test_patients(records, other, tmp_path
     assert [count["images"] for count in extra_images(twice)[1]] == [14, 14]
 
 
+def test_a_run_without_a_test_split_keeps_every_extra_image(other, tmp_path_factory, tmp_path):
+    no_test = records_of(tmp_path_factory, "no_test", {"train": 6, "val": 2}, seed=6)
+    images, counts = extra_images(run_config(no_test, tmp_path / "run", pretrain_extra=(str(other),)))
+    assert len(images) == 18 and counts[0]["left_out_test_patients"] == 0
+
+
 @pytest.mark.parametrize("case, error, message", [
     ("own", ValueError, "is this run's own records folder"),
     ("empty", FileNotFoundError, "no train records at 64 px in"),

@@ -77,13 +77,13 @@ def _read_images(config: TrainConfig, records_dir: str, split: str) -> tuple[np.
 def extra_images(config: TrainConfig) -> tuple[np.ndarray, list[dict]]:
     """The images of config.pretrain_extra's records folders (every split at config.size) without any of this
     run's test patients (matched by pseudonymous patient ID), and per folder what was read and left out."""
-    from bnp_cxr.records.reader import list_shards
+    from bnp_cxr.records.reader import list_shards, record_patients
 
     own = Path(config.records_dir).resolve()
     try:
-        test_patients = _read_images(config, config.records_dir, "test")[1]
+        test_patients = record_patients(config.records_dir, "test", config.size)
     except FileNotFoundError:  # a run without a test split has no patients to keep out
-        test_patients = np.array([], dtype=object)
+        test_patients = []
     kept, counts = [], []
     for folder in config.pretrain_extra:
         if Path(folder).resolve() == own:
@@ -95,7 +95,7 @@ def extra_images(config: TrainConfig) -> tuple[np.ndarray, list[dict]]:
         count = {"records_dir": str(folder), "images": 0, "left_out_test_patients": 0}
         for split in splits:
             images, patients = _read_images(config, folder, split)
-            mask = ~np.isin(patients, test_patients)
+            mask = ~np.isin(patients, np.array(test_patients, dtype=object))
             kept.append(images[mask])
             count["images"] += int(mask.sum())
             count["left_out_test_patients"] += int((~mask).sum())
