@@ -79,6 +79,15 @@ def test_unusable_extra_folders_are_refused(records, tmp_path, tmp_path_factory,
 def test_extra_images_need_pretraining(records, tmp_path):
     with pytest.raises(ValueError, match="pretrain_extra adds images to the pretraining: it needs pretrain simclr"):
         make_config({"records_dir": str(records), "pretrain": "none", "pretrain_extra": (str(records),)})
+    # A recipe that resolves to no pretraining (a GPU backbone, --weights, several workers) says so, never drops them
+    for options, gpus, workers, why in [({"backbone": "resnet50"}, 1, 1, "recipe on 1 worker"),
+                                        ({"weights": "start.keras"}, 0, 1, "run starts from --weights"),
+                                        ({}, 0, 2, "recipe on 2 worker")]:
+        config = make_config({"records_dir": str(records), "pretrain_extra": ("other",), **options})
+        with pytest.raises(ValueError, match=f"pretraining this run does not do .*{why}.*--pretrain simclr"):
+            resolve(config, gpus, workers)
+    assert resolve(make_config({"records_dir": str(records), "backbone": "resnet50", "pretrain": "simclr",
+                                "pretrain_extra": ("other",)}), 1)[0].pretrain == "simclr"
 
 
 def test_a_run_pretrains_on_the_extra_images_from_the_command_line(records, other, tmp_path):

@@ -331,6 +331,10 @@ def _resolve_pretrain(config: TrainConfig, run_dir: str, cpu_recipe: bool, why: 
         elif changes["pretrain"] != "none":
             notes.append(f"Self-supervised pretraining ({changes['pretrain']}) on the train and val images first "
                          f"({why}; --pretrain none to train from scratch).")
+    if config.pretrain_extra and changes.get("pretrain", config.pretrain) == "none":
+        raise ValueError(f"pretrain_extra adds images to a pretraining this run does not do (no --pretrain given; the "
+                         f"{'run starts from --weights' if config.weights else f'recipe on {n_workers} worker(s)'}): "
+                         f"pass --pretrain {CPU_PRETRAIN} on one machine, or leave --pretrain-extra out")
     if changes.get("pretrain", config.pretrain) != "none" and config.weights is None:
         changes["weights"] = os.path.abspath(RunDir(run_dir).encoder)  # made by training.pretrain
     return changes
