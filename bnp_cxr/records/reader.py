@@ -33,8 +33,11 @@ def list_shards(records_dir: str | os.PathLike, split: str, size: int) -> list[s
 
 def read_summary(records_dir: str | os.PathLike) -> dict[str, Any]:
     """The records folder's summary.json (make_tfrecords' counts and settings); {} without one."""
-    summary = Path(records_dir) / "summary.json"
-    return json.loads(summary.read_text()) if summary.is_file() else {}
+    summary = os.path.join(os.fspath(records_dir), "summary.json")
+    if not tf.io.gfile.exists(summary):
+        return {}
+    with tf.io.gfile.GFile(summary) as handle:
+        return json.load(handle)
 
 
 def data_fingerprint(records_dir: str | os.PathLike, size: int) -> dict[str, Any]:
@@ -54,21 +57,19 @@ def data_fingerprint(records_dir: str | os.PathLike, size: int) -> dict[str, Any
         shards[split] = len(paths)
         for path in paths:
             hasher.update(f"{path.name}\t{path.stat().st_size}\n".encode())
-    summary = records / "summary.json"
-    if summary.is_file():
-        per_size = json.loads(summary.read_text()).get("per_size", {}).get(str(size), {})
+    summary = read_summary(records)
+    if summary:
+        per_size = summary.get("per_size", {}).get(str(size), {})
         hasher.update(json.dumps(per_size, sort_keys=True).encode())
-    return {"sha256": hasher.hexdigest(), "size": size, "shards": shards, "summary_json": summary.is_file(),
+    return {"sha256": hasher.hexdigest(), "size": size, "shards": shards, "summary_json": bool(summary),
             "images": {split: count_records(records, split, size) if shards[split] else 0 for split in SPLITS}}
 
 
 def count_records(records_dir: str | os.PathLike, split: str, size: int) -> int:
     """Images of a split at a size: from summary.json when it lists them, else by reading the shards."""
-    summary = Path(records_dir) / "summary.json"
-    if summary.is_file():
-        per_size = json.loads(summary.read_text()).get("per_size", {}).get(str(size))
-        if per_size is not None:
-            return int(per_size.get(split, 0))
+    per_size = read_summary(records_dir).get("per_size", {}).get(str(size))
+    if per_size is not None:
+        return int(per_size.get(split, 0))
     dataset = tf.data.TFRecordDataset(list_shards(records_dir, split, size))
     return int(dataset.reduce(0, lambda count, _: count + 1))
 
@@ -86,11 +87,7 @@ MASK_KEYS = ("lung_mask", "component_mask")
 
 def record_findings(records_dir: str | os.PathLike) -> tuple[str, ...]:
     """The finding columns the records carry (summary.json's finding_columns; none without it)."""
-    summary = os.path.join(os.fspath(records_dir), "summary.json")
-    if not tf.io.gfile.exists(summary):
-        return ()
-    with tf.io.gfile.GFile(summary) as handle:
-        return tuple(json.load(handle).get("finding_columns", ()))
+    return tuple(read_summary(records_dir).get("finding_columns", ()))
 
 
 def standardized(image: tf.Tensor, content_box: tf.Tensor, method: str) -> tf.Tensor:
