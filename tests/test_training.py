@@ -17,7 +17,8 @@ from sklearn.metrics import roc_auc_score
 from archives import heart_records
 from bnp_cxr.models import DOWNSAMPLE_NAME
 from bnp_cxr.records.reader import make_dataset
-from bnp_cxr.training import MaskedL1, MaskedL2, MaskedMAE, ThresholdAUC, TrainConfig, make_config, resolve, train
+from bnp_cxr.training import (MaskedBalancedL1, MaskedL1, MaskedL2, MaskedMAE, ThresholdAUC, TrainConfig, make_config,
+                              resolve, train)
 from bnp_cxr.training.config import CPU_MEMBERS, gpus_visible, identity_mismatches
 from bnp_cxr.training.loop import (BACKUP_DIR, HISTORY_FILE, MODEL_FILE, completed_epochs, data_fingerprint,
                                    learning_rate, read_history, strategy_kind,
@@ -41,6 +42,15 @@ SPLIT_SIZES = {"train": 24, "val": 8, "test": 4}
     (MaskedL2, [[2.0, 3.0]], [[2.5, 2.0]], (1, 1), (0.25 + 1.0) / 2),
     (MaskedL2, [[2.0, NAN], [NAN, 3.0]], [[2.5, 9.0], [9.0, 1.0]], (2, 0.5), (2 * 0.25 + 0.5 * 4.0) / 2),
     (MaskedL2, [[NAN, NAN], [NAN, NAN]], [[1.0, 2.0], [3.0, 4.0]], (1, 1), 0.0),
+    # BNPP 1 positive (> 400 pg/mL = 2.6) in 4: (1.0 + mean(0.5, 0.1, 0)) / 2 over 4 of 5 known labels; BNP's one
+    # label (> 100 pg/mL = 2) alone: its plain error 0.5 over 1 of 5
+    (MaskedBalancedL1, [[NAN, 3.3], [NAN, 2.0], [NAN, 2.0], [NAN, 2.0], [2.5, NAN]],
+     [[9.0, 2.3], [9.0, 2.5], [9.0, 2.1], [9.0, 2.0], [2.0, 9.0]], (1, 1), 0.6 * 4 / 5 + 0.5 / 5),
+    (MaskedBalancedL1, [[NAN, 3.3], [NAN, 2.0], [NAN, 2.0], [NAN, 2.0], [2.5, NAN]],
+     [[9.0, 2.3], [9.0, 2.5], [9.0, 2.1], [9.0, 2.0], [2.0, 9.0]], (2, 0.5), 0.5 * 0.6 * 4 / 5 + 2 * 0.5 / 5),
+    (MaskedBalancedL1, [[2.0, 3.0]], [[2.5, 2.0]], (1, 1), (0.5 + 1.0) / 2),  # one label per output: plain L1
+    (MaskedBalancedL1, [[NAN, 2.0], [NAN, 2.2]], [[9.0, 2.4], [9.0, 2.0]], (1, 1), 0.3),  # one class: plain mean
+    (MaskedBalancedL1, [[NAN, NAN], [NAN, NAN]], [[1.0, 2.0], [3.0, 4.0]], (1, 1), 0.0),
 ])
 def test_masked_loss_case_table(loss_class, y_true, y_pred, weights, expected):
     loss = loss_class(weights)(np.array(y_true, "float32"), np.array(y_pred, "float32"))
@@ -57,7 +67,19 @@ def test_masked_l2_minimiser_is_the_mean_where_l1_takes_the_median():
     assert best["masked_l1"] == pytest.approx(2.0, abs=0.011)
 
 
-@pytest.mark.parametrize("loss_class", [MaskedL1, MaskedL2])
+def test_balanced_l1_gives_one_positive_the_pull_of_all_negatives():
+    """1 positive in 4 (BNPP), every prediction between the classes: plain L1 pulls the negatives 3 times as hard
+    as the positive, so its best constant is the negatives' value; balanced, the two classes pull alike."""
+    labels = tf.constant([[NAN, 3.3]] + [[NAN, 2.0]] * 3, tf.float32)
+    pred = tf.Variable(tf.fill([4, 2], 2.5))
+    for loss, ratio in ((MaskedL1(), 3.0), (MaskedBalancedL1(), 1.0)):
+        with tf.GradientTape() as tape:
+            value = loss(labels, pred)
+        grad = tape.gradient(value, pred).numpy()[:, 1]
+        assert grad[0] < 0 < grad[1] and grad[1:].sum() / -grad[0] == pytest.approx(ratio)
+
+
+@pytest.mark.parametrize("loss_class", [MaskedL1, MaskedL2, MaskedBalancedL1])
 @pytest.mark.parametrize("y_true", [[[NAN, NAN], [NAN, NAN]], [[2.0, NAN], [NAN, NAN]]])
 def test_masked_loss_gradient_is_finite_and_zero_for_missing_labels(loss_class, y_true):
     pred = tf.Variable([[1.0, 2.0], [3.0, 4.0]])
@@ -156,7 +178,7 @@ def test_threshold_auc_matches_sklearn_on_known_labels(labelled_predictions, ind
 
 
 @pytest.mark.parametrize("make", [lambda: MaskedL1((2.0, 0.5)), lambda: MaskedL2((1.0, 3.0)), lambda: MaskedMAE(1),
-                                  lambda: ThresholdAUC(0, 150.0)])
+                                  lambda: MaskedBalancedL1((1.0, 2.0)), lambda: ThresholdAUC(0, 150.0)])
 def test_loss_and_metrics_round_trip_through_keras_serialisation(make):
     original = make()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(original))
@@ -481,15 +503,17 @@ def test_cli_trains_with_default_backbone_and_refuses_to_clobber(records, tmp_pa
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
-def test_cli_optimizer_loss_and_site_augment_options_are_used_and_recorded(records, tmp_path):
+@pytest.mark.parametrize("loss_name, loss_class", [("l2", MaskedL2), ("l1_balanced", MaskedBalancedL1)])
+def test_cli_optimizer_loss_and_site_augment_options_are_used_and_recorded(records, tmp_path, loss_name, loss_class):
     from bnp_cxr.cli.train import build_parser
     from bnp_cxr.training import load_compiled_model
     from bnp_cxr.training.arguments import training_options
 
     args = build_parser().parse_args(["--optimizer", "adamw", "--weight-decay", "1e-4", "--records", str(records),
                                       "--run-dir", str(tmp_path / "run"), "--size", "64", "--backbone", "small_cnn",
-                                      "--epochs", "1", "--batch-size", "8", "--mixed-precision", "off", "--loss", "l2",
-                                      "--members", "1", "--site-augment", "--model-px", "32", "--widths", "8", "16"])
+                                      "--epochs", "1", "--batch-size", "8", "--mixed-precision", "off", "--loss",
+                                      loss_name, "--members", "1", "--site-augment", "--model-px", "32", "--widths",
+                                      "8", "16"])
     seen = []
 
     class Optimizer(keras.callbacks.Callback):
@@ -499,12 +523,12 @@ def test_cli_optimizer_loss_and_site_augment_options_are_used_and_recorded(recor
     result = train(make_config(training_options(args)), callbacks=[Optimizer()], verbose=0, log=lambda _: None)
     optimizer, loss = seen[0]
     assert type(optimizer) is keras.optimizers.AdamW and optimizer.weight_decay == pytest.approx(1e-4)
-    assert type(loss) is MaskedL2
+    assert type(loss) is loss_class
     saved = json.loads((result.run_dir / "config.json").read_text())
     assert (saved["optimizer"], saved["weight_decay"], saved["compute"]["optimizer"]) == ("adamw", 1e-4, "AdamW")
-    assert saved["loss"] == "l2" and saved["site_augment"] is True and saved["model_px"] == 32
+    assert saved["loss"] == loss_name and saved["site_augment"] is True and saved["model_px"] == 32
     model = load_compiled_model(result.run_dir / MODEL_FILE)
-    assert type(model.loss) is MaskedL2 and model.get_layer(DOWNSAMPLE_NAME).pool_size == (2, 2)
+    assert type(model.loss) is loss_class and model.get_layer(DOWNSAMPLE_NAME).pool_size == (2, 2)
     assert saved["widths"] == [8, 16] and model.get_layer("features").output.shape[-1] == 16
 
 

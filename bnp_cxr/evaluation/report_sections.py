@@ -143,7 +143,8 @@ def model_section(facts) -> list:
     rows = [[key, _fmt(config.get(key))] for key in keys if key in config]
     # a config.json from before the loss / keep options reads as what that run was trained with
     loss_name = config.get("loss", TrainConfig.loss)
-    loss = {"l1": "masked L1", "l2": "masked squared error"}.get(loss_name, loss_name)
+    loss = {"l1": "masked L1", "l2": "masked squared error",
+            "l1_balanced": "masked L1, positives and negatives weighing half each"}.get(loss_name, loss_name)
     kept = ("the last epoch" if config.get("keep", SAVED_BEFORE_OPTIONS["keep"]) == "last"
             else "the epoch with the lowest validation loss")
     members = int(config.get("members", SAVED_BEFORE_OPTIONS["members"]))

@@ -10,7 +10,8 @@ import importlib
 
 _HOMES = {"PRESETS": "config", "TrainConfig": "config", "make_config": "config", "resolve": "config",
           "TrainResult": "loop", "train": "loop",
-          "MaskedL1": "losses", "MaskedL2": "losses", "MaskedMAE": "losses", "ThresholdAUC": "losses",
+          "MaskedL1": "losses", "MaskedL2": "losses", "MaskedBalancedL1": "losses", "MaskedMAE": "losses",
+          "ThresholdAUC": "losses",
           "default_metrics": "losses", "load_compiled_model": "losses"}
 
 __all__ = sorted(_HOMES)

@@ -68,7 +68,9 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
                          help="per-image intensity standardisation of the model input inside the content box "
                               f"(default: {CPU_STANDARDIZE} with the CPU backbone, none otherwise)")
     options.add_argument("--loss", choices=LOSS_NAMES,
-                         help=f"l1 (the paper's) or l2 (squared error) on the log10 labels (default: {d.loss})")
+                         help="l1 (the paper's), l2 (squared error) or l1_balanced (L1 with each output's positives "
+                              "and negatives weighing half each in a batch) on the log10 labels "
+                              f"(default: {d.loss})")
     options.add_argument("--loss-weights", type=float, nargs=2, metavar=("BNP", "BNPP"),
                          help="weights of the two outputs in the loss (default: 1 1)")
     options.add_argument("--finding-loss-weight", type=float, metavar="W",
