@@ -22,9 +22,33 @@ def phantom_manifest(cohort_dir: Path, workers: int) -> tuple[Path, Path]:
     return cohort_dir / "manifest.csv", cohort_dir / "labs.csv"
 
 
+# CPU vector extensions that change TensorFlow's CPU speed severalfold (oneDNN picks its kernels by them).
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
+
+
+def cpu() -> dict:
+    """The CPU's model name and which VECTOR_FLAGS it has (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu_model": fields.get("model name", platform.processor()),
+            "cpu_vector_flags": [flag for flag in VECTOR_FLAGS if flag in flags]}
+
+
 def machine() -> dict:
-    """Where a result was measured."""
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()}
+    """Where a result was measured: Python, OS, CPUs (count, model, vector extensions), TensorFlow's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tensorflow = version("tensorflow")
+    except PackageNotFoundError:
+        tensorflow = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(), **cpu(),
+            "tensorflow": tensorflow}
 
 
 def report(name: str, result: dict, rows: list[dict], columns: list[str]) -> Path:

@@ -275,6 +275,27 @@ def test_site_render_steps_act_inside_the_content_box_only(steps, check):
     assert check(image[inside], after[inside])
 
 
+@pytest.mark.parametrize("sigma, max_sigma, shape", [(1.0, 1.28, (64, 64)), (0.3, 1.28, (40, 24)), (2.5, 2.5, (32, 48)),
+                                                  (0.0, 0.5, (16, 16))])
+def test_gaussian_blur_is_scipy_separable_correlation_with_reflected_edges(sigma, max_sigma, shape):
+    """The site rendering's blur: the normalised Gaussian of radius ceil(3 max_sigma) along rows then columns,
+    edges mirrored without repeating the edge pixel (scipy's mode 'mirror', TF's REFLECT)."""
+    import tensorflow as tf
+    from scipy.ndimage import correlate1d
+
+    from bnp_cxr.records.augment import _gaussian_blur
+
+    image = np.random.default_rng(0).uniform(size=(*shape, 1)).astype(np.float32)
+    radius = max(1, math.ceil(3 * max_sigma))
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / max(sigma, 1e-3)) ** 2)
+    kernel /= kernel.sum()
+    expected = correlate1d(correlate1d(image[..., 0].astype(np.float64), kernel, axis=0, mode="mirror"), kernel,
+                           axis=1, mode="mirror")
+    blurred = _gaussian_blur(tf.constant(image), tf.constant(sigma, tf.float32), max_sigma).numpy()
+    assert blurred.shape == image.shape
+    np.testing.assert_allclose(blurred[..., 0], expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("probability, changed", [(0.0, False), (1.0, True)])
 def test_site_render_probability(probability, changed):
     import tensorflow as tf

@@ -122,9 +122,13 @@ def _gaussian_blur(image, sigma, max_sigma: float):
     offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
     kernel = tf.exp(-0.5 * tf.square(offsets / tf.maximum(sigma, 1e-3)))
     kernel /= tf.reduce_sum(kernel)
-    padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
-    rows = tf.nn.conv2d(padded, tf.reshape(kernel, [-1, 1, 1, 1]), 1, "VALID")
-    return tf.nn.conv2d(rows, tf.reshape(kernel, [1, -1, 1, 1]), 1, "VALID")[0]
+    padded = tf.pad(image, [[radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    height, width = image.shape[0], image.shape[1]
+    # Separable, as weighted sums of shifted slices: the same numbers as two 1-channel tf.nn.conv2d passes, at a
+    # fifth of their time per image on a CPU, where this runs for every training image (bench/input_pipeline.py).
+    taps = range(2 * radius + 1)
+    rows = tf.add_n([kernel[tap] * padded[tap:tap + height] for tap in taps])
+    return tf.add_n([kernel[tap] * rows[:, tap:tap + width] for tap in taps])
 
 
 def site_render(image, content_box, seed, config: SiteAugmentConfig):
