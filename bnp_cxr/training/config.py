@@ -18,8 +18,9 @@ SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MIXED_PRECISION = ("auto", "on", "off", "bfloat16")
 KEEP = ("last", "best")  # which epoch's weights model.keras holds
-LOSS_NAMES = ("l1", "l2", "l1_balanced")  # training.losses.LOSSES: L1 (the paper's), squared error on log10
-# labels, or L1 with positives and negatives weighing half each
+# training.losses.LOSSES: L1 (the paper's), squared error on log10 labels, or L1 with each output's positives and
+# negatives weighing half each
+LOSS_NAMES = ("l1", "l2", "l1_balanced")
 # Keras dtype policies: "on" is float16 compute with dynamic loss scaling (Keras wraps the optimizer in a
 # LossScaleOptimizer); bfloat16 has float32's exponent range, so it needs no loss scaling (Ampere+ GPUs, TPUs,
 # CPUs with AVX512_BF16 / AMX).

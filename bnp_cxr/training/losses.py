@@ -94,10 +94,10 @@ class MaskedBalancedL1(MaskedL1):
     """MaskedL1 in which each output's positives and negatives (at THRESHOLDS_PG_ML) weigh half each in a batch.
 
     An output's loss is the mean of its positives' mean error and its negatives' mean error (the plain mean
-    where a batch holds only one class); outputs keep MaskedL1's weighting by their known labels. On ~20 %
-    positives plain L1 fits the median, the negatives' value, for every film the model is unsure of; balanced,
-    it fits a quantile near the prevalence instead, so unsure films are pulled apart rather than pressed onto
-    the negatives (class-balanced losses: Cui et al., CVPR 2019).
+    where a batch holds only one class): inverse class-frequency weights, counted per batch (per replica's batch
+    under a distribution strategy); outputs keep MaskedL1's weighting by their known labels. On ~20 % positives
+    plain L1 fits the median, the negatives' value, for every film the model is unsure of; balanced, it fits a
+    quantile near the prevalence instead, so unsure films are pulled apart rather than pressed onto the negatives.
     """
 
     def __init__(self, output_weights: tuple[float, float] = (1.0, 1.0), name: str = "masked_balanced_l1",
