@@ -14,7 +14,6 @@ the shifted-slice sums it has now, the same numbers), to show what that change s
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 from pathlib import Path
@@ -31,10 +30,9 @@ def conv2d_blur(image, sigma, max_sigma: float):
     """The site rendering's blur as it was: two 1-channel tf.nn.conv2d passes over the reflected image."""
     import tensorflow as tf
 
-    radius = max(1, math.ceil(3 * max_sigma))
-    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
-    kernel = tf.exp(-0.5 * tf.square(offsets / tf.maximum(sigma, 1e-3)))
-    kernel /= tf.reduce_sum(kernel)
+    from bnp_cxr.records.augment import gaussian_kernel
+
+    radius, kernel = gaussian_kernel(sigma, max_sigma)
     padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
     rows = tf.nn.conv2d(padded, tf.reshape(kernel, [-1, 1, 1, 1]), 1, "VALID")
     return tf.nn.conv2d(rows, tf.reshape(kernel, [1, -1, 1, 1]), 1, "VALID")[0]

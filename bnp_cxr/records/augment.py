@@ -116,12 +116,17 @@ def _uniform(seed, low, high):
     return tf.random.stateless_uniform([], seed, low, high)
 
 
-def _gaussian_blur(image, sigma, max_sigma: float):
-    """[H, W, 1] blurred by a Gaussian of `sigma` px (a tensor), kernel radius from `max_sigma`, reflected edges."""
+def gaussian_kernel(sigma, max_sigma: float) -> tuple[int, tf.Tensor]:
+    """(radius px, normalised 1-D Gaussian [2 radius + 1] of `sigma` px, a tensor); the radius from `max_sigma`."""
     radius = max(1, math.ceil(3 * max_sigma))
     offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
     kernel = tf.exp(-0.5 * tf.square(offsets / tf.maximum(sigma, 1e-3)))
-    kernel /= tf.reduce_sum(kernel)
+    return radius, kernel / tf.reduce_sum(kernel)
+
+
+def _gaussian_blur(image, sigma, max_sigma: float):
+    """[H, W, 1] blurred by a Gaussian of `sigma` px (a tensor), kernel radius from `max_sigma`, reflected edges."""
+    radius, kernel = gaussian_kernel(sigma, max_sigma)
     padded = tf.pad(image, [[radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
     height, width = image.shape[0], image.shape[1]
     # Separable, as weighted sums of shifted slices: the same numbers as two 1-channel tf.nn.conv2d passes, at a

@@ -58,9 +58,13 @@ class MaskedL1(keras.losses.Loss):
         y_pred = ops.cast(y_pred, "float32")
         labels, known = _split_known(ops.cast(y_true, "float32"))
         weights = ops.convert_to_tensor(self.output_weights, dtype="float32")
-        errors = self.error(labels - y_pred) * known * weights
-        count = ops.maximum(ops.sum(known), 1.0)
-        return ops.sum(errors, axis=-1) / (count * _replicas_in_sync())
+        label_weights, normaliser = self.label_weights(labels, known)
+        errors = self.error(labels - y_pred) * label_weights * weights
+        return ops.sum(errors, axis=-1) / (normaliser * _replicas_in_sync())
+
+    def label_weights(self, labels, known):
+        """(each label's weight [B, 2], the batch's divisor): the known labels alike, over their count."""
+        return known, ops.maximum(ops.sum(known), 1.0)
 
     def error(self, difference):
         """Per-label error of a label - prediction difference (log10 units)."""
@@ -105,9 +109,8 @@ class MaskedBalancedL1(MaskedL1):
         super().__init__(output_weights, name=name, **kwargs)
         self.thresholds_log10 = tuple(math.log10(THRESHOLDS_PG_ML[output]) for output in OUTPUTS)
 
-    def call(self, y_true, y_pred):
-        y_pred = ops.cast(y_pred, "float32")
-        labels, known = _split_known(ops.cast(y_true, "float32"))
+    def label_weights(self, labels, known):
+        """(each label's share of the batch loss [B, 2], divisor 1): half per class of each output, as above."""
         positive = ops.cast(labels > ops.convert_to_tensor(self.thresholds_log10, dtype="float32"), "float32")
         positives, negatives = positive * known, (1.0 - positive) * known
         n_positive, n_negative = ops.sum(positives, axis=0), ops.sum(negatives, axis=0)  # per output
@@ -118,9 +121,7 @@ class MaskedBalancedL1(MaskedL1):
         share += (1.0 - both) * known / ops.maximum(n_known, 1.0)
         # Outputs weigh by their known labels as in MaskedL1: output k's mean times n_known_k / all known.
         share *= n_known / ops.maximum(ops.sum(known), 1.0)
-        weights = ops.convert_to_tensor(self.output_weights, dtype="float32")
-        errors = self.error(labels - y_pred) * share * weights
-        return ops.sum(errors, axis=-1) / _replicas_in_sync()
+        return share, 1.0
 
 
 # TrainConfig.loss -> loss class
