@@ -27,7 +27,8 @@ VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf1
 
 
 def cpu() -> dict:
-    """The CPU's model name and which VECTOR_FLAGS it has (Linux /proc/cpuinfo; empty elsewhere)."""
+    """The CPU's model name, family and model number (a virtual machine's name can be just "AMD EPYC", for Zen 3
+    and Zen 4 alike) and which VECTOR_FLAGS it has (Linux /proc/cpuinfo; empty elsewhere)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -36,6 +37,7 @@ def cpu() -> dict:
     fields = {key.strip(): value.strip() for key, value in fields.items()}
     flags = set(fields.get("flags", "").split())
     return {"cpu_model": fields.get("model name", platform.processor()),
+            "cpu_family_model": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
             "cpu_vector_flags": [flag for flag in VECTOR_FLAGS if flag in flags]}
 
 
