@@ -189,6 +189,19 @@ def test_reader_yields_images_targets_and_masks(written):
     assert seen == 14
 
 
+def test_reader_reads_several_splits_as_one(written):
+    from bnp_cxr.records.reader import make_dataset
+
+    _, out, summary = written
+
+    def image_ids(split):
+        dataset = make_dataset(out, split, 128, batch_size=4, deterministic=True, with_metadata=True)
+        return sorted(image_id for _, _, meta in dataset for image_id in meta["image_id"].numpy())
+
+    splits = sorted(summary["per_split"])
+    assert len(splits) >= 2 and image_ids(splits) == sorted(sum((image_ids(split) for split in splits), []))
+
+
 def test_reader_augmentation_is_seeded_and_bounded(written):
     from bnp_cxr.records.reader import AugmentConfig, make_dataset
 

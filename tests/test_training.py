@@ -255,6 +255,7 @@ def test_paper_preset_and_explicit_options_win():
     ({"size": 256, "model_px": 96}, "model_px must divide the image size: 256 px"),
     ({"model_px": 0}, "model_px must divide"),
     ({"backbone": "resnet50", "widths": (8,)}, "widths .* need backbone small_cnn"), ({"widths": (0, 8)}, "widths"),
+    ({"train_on_val": True, "keep": "best"}, "train_on_val fits on the val images, so they cannot pick"),
 ])
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
@@ -342,7 +343,7 @@ def test_train_datasets_use_the_site_augmentation_only_when_asked(records, tmp_p
     asked = {}
 
     def recording(records_dir, split, size, **kwargs):
-        asked.setdefault(split, kwargs.get("augment"))
+        asked.setdefault(split if isinstance(split, str) else "+".join(split), kwargs.get("augment"))
         return make_dataset(records_dir, split, size, **kwargs)
 
     monkeypatch.setattr(reader, "make_dataset", recording)
@@ -350,6 +351,21 @@ def test_train_datasets_use_the_site_augmentation_only_when_asked(records, tmp_p
     make_datasets(config, data_fingerprint(records, 64), 1, 1, 1)
     assert asked["train"] == {"plain": AugmentConfig(), "site": SITE_AUGMENT, None: None}[expected]
     assert asked["val"] is None
+
+
+def test_train_on_val_fits_the_train_and_val_images_and_says_val_is_in_sample(records, tmp_path):
+    from bnp_cxr.training.inputs import make_datasets
+
+    fingerprint = data_fingerprint(records, 64)
+    n_train, n_val = fingerprint["images"]["train"], fingerprint["images"]["val"]
+    seen = {}
+    for train_on_val in (False, True):
+        config, notes = resolve(tiny_config(records, tmp_path / "run", train_on_val=train_on_val, batch_size=4), 0)
+        train_data, _, steps, _ = make_datasets(config, fingerprint, 1, 1, 1)
+        seen[train_on_val] = sum(int(images.shape[0]) for images, _ in train_data)
+        assert steps == (n_train + n_val * train_on_val) // 4
+        assert any("in-sample" in note for note in notes) == train_on_val
+    assert seen == {False: n_train // 4 * 4, True: (n_train + n_val) // 4 * 4} and seen[True] > seen[False]
 
 
 @pytest.fixture(scope="module")
@@ -513,7 +529,7 @@ def test_cli_optimizer_loss_and_site_augment_options_are_used_and_recorded(recor
                                       "--run-dir", str(tmp_path / "run"), "--size", "64", "--backbone", "small_cnn",
                                       "--epochs", "1", "--batch-size", "8", "--mixed-precision", "off", "--loss",
                                       loss_name, "--members", "1", "--site-augment", "--model-px", "32", "--widths",
-                                      "8", "16"])
+                                      "8", "16", "--train-on-val"])
     seen = []
 
     class Optimizer(keras.callbacks.Callback):
@@ -530,6 +546,7 @@ def test_cli_optimizer_loss_and_site_augment_options_are_used_and_recorded(recor
     model = load_compiled_model(result.run_dir / MODEL_FILE)
     assert type(model.loss) is loss_class and model.get_layer(DOWNSAMPLE_NAME).pool_size == (2, 2)
     assert saved["widths"] == [8, 16] and model.get_layer("features").output.shape[-1] == 16
+    assert saved["train_on_val"] is True
 
 
 def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_path):

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import tensorflow as tf
 
@@ -139,12 +139,13 @@ def _parse_record(serialized, size: int, with_metadata: bool, findings: tuple[st
     return image, targets, metadata
 
 
-def make_dataset(records_dir: str | os.PathLike, split: str, size: int, *, batch_size: int = 32,
+def make_dataset(records_dir: str | os.PathLike, split: str | Sequence[str], size: int, *, batch_size: int = 32,
                  training: bool = False, augment: AugmentConfig | None = None, shuffle_buffer: int = 1024,
                  cache: bool | str = False, deterministic: bool = False, seed: int = 0,
                  with_metadata: bool = False, drop_remainder: bool = False, standardize: str = "none",
                  finding_targets: bool = False) -> tf.data.Dataset:
-    """Batches of (image [B, size, size, 1] in [0, 1], targets [B, 2]) (+ metadata dict if asked).
+    """Batches of (image [B, size, size, 1] in [0, 1], targets [B, 2]) (+ metadata dict if asked) of a split, or of
+    several splits read as one (e.g. ("train", "val")).
 
     finding_targets=True appends the records' finding columns (record_findings) to the targets: [B, 2 + F],
     1.0 / 0.0 and NaN where a finding is not given.
@@ -156,7 +157,8 @@ def make_dataset(records_dir: str | os.PathLike, split: str, size: int, *, batch
     The augmentation's `site` rendering is the exception: it acts per image, before standardisation.
     """
     check_standardization(standardize)
-    files = list_shards(records_dir, split, size)
+    files = [path for name in ([split] if isinstance(split, str) else split)
+             for path in list_shards(records_dir, name, size)]
     autotune = tf.data.AUTOTUNE
     options = tf.data.Options()
     options.deterministic = deterministic

@@ -87,6 +87,9 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
     options.add_argument("--keep", choices=KEEP,
                          help="which epoch model.keras holds: the last or the one with the lowest val loss (the "
                               f"paper preset's); default: {d.keep}")
+    options.add_argument("--train-on-val", action=argparse.BooleanOptionalAction,
+                         help="fit on the val images too (with --keep last, where val picks nothing): more labels, "
+                              "but the val scores become in-sample; the test split stays held out (default: off)")
     options.add_argument("--dropout", type=float, help=f"dropout before the output layer (default: {d.dropout})")
     options.add_argument("--members", type=int, metavar="N",
                          help="train N models (seeds seed..seed+N-1) and save their mean as model.keras (default: "

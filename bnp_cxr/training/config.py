@@ -67,7 +67,7 @@ IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
                    "site_augment", "standardize", "loss", "loss_weights", "dropout", "keep", "members", "model_px",
                    "widths", "pretrain", "pretrain_epochs", "pretrain_min_crop", "pretrain_extra",
-                   "finding_loss_weight", "mixup", "rank_loss_weight")
+                   "finding_loss_weight", "mixup", "rank_loss_weight", "train_on_val")
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,8 @@ class TrainConfig:
     # last: the final epoch, where the cosine schedule has annealed the rate to 0; best: the lowest val loss,
     # which on a val split of ~140 images picks an epoch partly by chance (bench/keep_epoch.py).
     keep: str = "last"
+    # also fit on the val split's images (keep last only: val then picks nothing); its scores are then in-sample
+    train_on_val: bool = False
     cache: bool = False  # keep the serialised records in memory after the first epoch
     shuffle_buffer: int = 1024
     preset: str | None = None
@@ -148,6 +150,8 @@ class TrainConfig:
             problems.append(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.keep not in KEEP:
             problems.append(f"keep must be one of {KEEP}, got {self.keep!r}")
+        if self.train_on_val and self.keep == "best":
+            problems.append("train_on_val fits on the val images, so they cannot pick the best epoch: use keep last")
         if self.loss not in LOSS_NAMES:
             problems.append(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}")
         if len(self.loss_weights) != 2 or min(self.loss_weights) < 0 or not any(self.loss_weights):
@@ -316,6 +320,9 @@ def resolve(config: TrainConfig, n_gpus: int, n_workers: int = 1) -> tuple[Train
         notes.append("Mixed precision on without a GPU: float16 is slow on most CPUs.")
     elif config.mixed_precision == "bfloat16":
         notes.append("Mixed precision bfloat16: no loss scaling; fast only where the hardware has bfloat16 units.")
+    if config.train_on_val:
+        notes.append("The val images are fitted on too (--train-on-val): their scores are in-sample, only the test "
+                     "split's are held out.")
     return dataclasses.replace(config, **changes), notes
 
 

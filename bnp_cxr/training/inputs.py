@@ -53,12 +53,13 @@ def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_worke
     from bnp_cxr.records.augment import SITE_AUGMENT, AugmentConfig
     from bnp_cxr.records.reader import make_dataset
 
-    n_train, n_val = fingerprint["images"]["train"], fingerprint["images"]["val"]
+    fit_splits = ("train", "val") if config.train_on_val else ("train",)
+    n_train, n_val = sum(fingerprint["images"][split] for split in fit_splits), fingerprint["images"]["val"]
     # Full batches only (when there are enough images): BatchNorm on a 1-image remainder is noise.
     drop = n_train >= config.batch_size
     augment = (SITE_AUGMENT if config.site_augment else AugmentConfig()) if config.augment else None
     findings = bool(config.finding_loss_weight)  # targets [labs, findings] for training.findings' heads
-    train = make_dataset(config.records_dir, "train", config.size, batch_size=config.batch_size, training=True,
+    train = make_dataset(config.records_dir, fit_splits, config.size, batch_size=config.batch_size, training=True,
                          augment=augment, shuffle_buffer=config.shuffle_buffer, cache=config.cache, seed=config.seed,
                          drop_remainder=drop, standardize=config.standardize, finding_targets=findings)
     if config.mixup:  # after the augmentation, on whole batches; its seeds from a stream of their own

@@ -210,13 +210,18 @@ def _agree_on_resume(config: TrainConfig, cluster: Cluster) -> _Start:
     return _Start(saved, fingerprint, done, best)
 
 
+def _fit_images(config: TrainConfig, fingerprint: dict) -> str:
+    images = fingerprint["images"]
+    return (f"{images['train'] + images['val']} train + val" if config.train_on_val else f"{images['train']} train")
+
+
 def _announce(config: TrainConfig, cluster: Cluster, start: _Start, notes: list[str],
               log: Callable[[str], None]) -> None:
     """Complete the session's notes (what runs, on what) and log them."""
     if config.resume and start.saved is None and cluster.chief:
         notes.append(f"Nothing to resume in {config.run_dir}: starting a new run.")
     notes.append(f"Strategy {cluster.kind} ({cluster.replicas} replica(s) on {cluster.n_workers} worker(s)), global "
-                 f"batch {config.batch_size}; {start.fingerprint['images']['train']} train images at {config.size} "
+                 f"batch {config.batch_size}; {_fit_images(config, start.fingerprint)} images at {config.size} "
                  f"px; epochs {start.done}..{config.epochs - 1} to run; {dtype_policy(config)}, XLA "
                  f"{'on' if config.xla else 'off'}.")
     if cluster.chief and not tensorboard_available():
