@@ -160,6 +160,26 @@ def nt_xent(embeddings, temperature: float):
     return loss, accuracy
 
 
+def simclr_step(encoder, head, optimizer, data, settings: PretrainConfig = PRETRAIN):
+    """One SimCLR step as a tf.function (image indices into `data` [N, H, W, 1], stateless seed [2]) -> (NT-Xent
+    loss, pair accuracy): two views of each chosen image, both through encoder and head, one optimiser update."""
+    import tensorflow as tf
+
+    @tf.function
+    def step(indices, seed):
+        pair = tf.random.experimental.stateless_split(seed, 2)
+        chosen = tf.cast(tf.gather(data, indices), tf.float32)
+        views = tf.concat([contrastive_view(chosen, pair[0], settings), contrastive_view(chosen, pair[1], settings)],
+                          axis=0)
+        with tf.GradientTape() as tape:
+            loss, accuracy = nt_xent(head(encoder(views, training=True), training=True), settings.temperature)
+        variables = encoder.trainable_variables + head.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss, accuracy
+
+    return step
+
+
 def pretrain_encoder(config: TrainConfig, out: Path, settings: PretrainConfig = PRETRAIN,
                      log: Callable[[str], None] = print) -> dict:
     """SimCLR-pretrain the resolved config's backbone on its records' train and val images; save the encoder
@@ -184,20 +204,7 @@ def pretrain_encoder(config: TrainConfig, out: Path, settings: PretrainConfig = 
     steps_per_epoch = n // batch
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
         settings.lr, decay_steps=config.pretrain_epochs * steps_per_epoch))
-    data = tf.constant(images)
-
-    @tf.function
-    def step(indices, seed):
-        pair = tf.random.experimental.stateless_split(seed, 2)
-        chosen = tf.cast(tf.gather(data, indices), tf.float32)
-        views = tf.concat([contrastive_view(chosen, pair[0], settings), contrastive_view(chosen, pair[1], settings)],
-                          axis=0)
-        with tf.GradientTape() as tape:
-            loss, accuracy = nt_xent(head(encoder(views, training=True), training=True), settings.temperature)
-        variables = encoder.trainable_variables + head.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss, accuracy
-
+    step = simclr_step(encoder, head, optimizer, tf.constant(images), settings)
     order = np.random.default_rng(config.seed)
     started = time.perf_counter()
     for epoch in range(config.pretrain_epochs):
