@@ -218,6 +218,19 @@ def test_site_augment_resolves_by_recipe(options, n_gpus, expected, says):
 
 
 @pytest.mark.parametrize("options, n_gpus, expected, says", [
+    ({}, 0, True, "(the small_cnn recipe, which keeps the last epoch; --no-train-on-val holds them out)"),
+    ({}, 1, False, None), ({"backbone": "resnet50"}, 0, False, None),
+    ({"keep": "best"}, 0, False, None), ({"train_on_val": False}, 0, False, None),
+    ({"train_on_val": True, "backbone": "resnet50"}, 1, True, "(--train-on-val)"),
+])
+def test_train_on_val_resolves_by_recipe_and_kept_epoch(options, n_gpus, expected, says):
+    config, notes = resolve(make_config(options), n_gpus)
+    assert config.train_on_val is expected
+    said = [note for note in notes if note.startswith("The val images are fitted on too")]
+    assert len(said) == (says is not None) and all(says in note and "in-sample" in note for note in said)
+
+
+@pytest.mark.parametrize("options, n_gpus, expected, says", [
     ({"size": 256}, 0, 128, "area-averaged to 128 px (the small_cnn recipe"),
     ({"size": 64}, 0, 64, None),  # below the recipe's resolution: read in full
     ({"size": 256}, 1, 256, None),  # the paper's backbone reads the records in full
@@ -554,7 +567,8 @@ def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_pat
     train(tiny_config(records, run_dir, epochs=1, mixed_precision="off", standardize="none"), verbose=0,
           log=lambda _: None)
     saved = json.loads((run_dir / "config.json").read_text())
-    for name in ("optimizer", "weight_decay", "momentum", "standardize", "loss", "keep", "site_augment", "model_px"):
+    for name in ("optimizer", "weight_decay", "momentum", "standardize", "loss", "keep", "site_augment", "model_px",
+                 "train_on_val"):
         del saved[name]
     (run_dir / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="optimizer: 'adam' -> 'sgd'"):
@@ -566,6 +580,7 @@ def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_pat
     resumed = json.loads((run_dir / "config.json").read_text())
     assert (resumed["optimizer"], resumed["weight_decay"], resumed["compute"]["optimizer"]) == ("adam", 0.0, "Adam")
     assert resumed["standardize"] == "none"  # what a run saved before the option was trained with
-    assert (resumed["loss"], resumed["keep"], resumed["site_augment"]) == ("l1", "best", False)
+    assert (resumed["loss"], resumed["keep"], resumed["site_augment"], resumed["train_on_val"]) == ("l1", "best", False,
+                                                                                                  False)
     assert resumed["model_px"] == 64  # read in full, as every run before the option
     assert [session["resumed"] for session in resumed["sessions"]] == [False, True]

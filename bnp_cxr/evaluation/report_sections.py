@@ -139,7 +139,7 @@ def model_section(facts) -> list:
     config = facts.config
     keys = ("backbone", "size", "weights", "epochs", "batch_size", "optimizer", "lr", "schedule", "warmup_epochs",
             "weight_decay", "dropout", "augment", "site_augment", "standardize", "loss", "loss_weights", "keep",
-            "mixed_precision", "seed", "members")
+            "mixed_precision", "seed", "members", "train_on_val")
     rows = [[key, _fmt(config.get(key))] for key in keys if key in config]
     # a config.json from before the loss / keep options reads as what that run was trained with
     loss_name = config.get("loss", TrainConfig.loss)
@@ -166,7 +166,9 @@ def model_section(facts) -> list:
         best = int(np.nanargmin(losses)) if np.isfinite(losses).any() else None
         blocks.append(["p", f"{len(facts.history)} epochs run; best validation loss "
                             f"{_fmt(losses[best]) if best is not None else 'n/a'} at epoch "
-                            f"{best + 1 if best is not None else 'n/a'}."])
+                            f"{best + 1 if best is not None else 'n/a'}"
+                            f"{' (in-sample: the val images were fitted on too)' if config.get('train_on_val') else ''}"
+                            "."])
     return blocks
 
 
