@@ -333,8 +333,9 @@ def resolve(config: TrainConfig, n_gpus: int, n_workers: int = 1) -> tuple[Train
     if changes.get("train_on_val", config.train_on_val):
         how = ("--train-on-val" if config.train_on_val else
                f"{why}, which keeps the last epoch; --no-train-on-val holds them out")
-        notes.append(f"The val images are fitted on too ({how}): their scores are in-sample, only the test split's "
-                     "are held out.")
+        # (the test split is named only where it is scored: a worker's notes never mention it)
+        notes.append(f"The val images are fitted on too ({how}): their scores are in-sample; the test images stay "
+                     "held out.")
     return dataclasses.replace(config, **changes), notes
 
 
