@@ -328,15 +328,22 @@ def resolve(config: TrainConfig, n_gpus: int, n_workers: int = 1) -> tuple[Train
         notes.append("Mixed precision on without a GPU: float16 is slow on most CPUs.")
     elif config.mixed_precision == "bfloat16":
         notes.append("Mixed precision bfloat16: no loss scaling; fast only where the hardware has bfloat16 units.")
-    if config.train_on_val is None:
-        changes["train_on_val"] = CPU_TRAIN_ON_VAL and cpu_recipe and config.keep == "last"
-    if changes.get("train_on_val", config.train_on_val):
+    changes.update(_resolve_train_on_val(config, cpu_recipe, why, notes))
+    return dataclasses.replace(config, **changes), notes
+
+
+def _resolve_train_on_val(config: TrainConfig, cpu_recipe: bool, why: str, notes: list[str]) -> dict[str, Any]:
+    """resolve()'s train_on_val choice (the CPU recipe with keep last fits its val images too), with a note."""
+    fit = config.train_on_val
+    if fit is None:
+        fit = CPU_TRAIN_ON_VAL and cpu_recipe and config.keep == "last"
+    if fit:
         how = ("--train-on-val" if config.train_on_val else
                f"{why}, which keeps the last epoch; --no-train-on-val holds them out")
         # (the test split is named only where it is scored: a worker's notes never mention it)
         notes.append(f"The val images are fitted on too ({how}): their scores are in-sample; the test images stay "
                      "held out.")
-    return dataclasses.replace(config, **changes), notes
+    return {"train_on_val": fit}
 
 
 def _resolve_pretrain(config: TrainConfig, run_dir: str, cpu_recipe: bool, why: str, n_workers: int,
