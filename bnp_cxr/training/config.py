@@ -54,7 +54,9 @@ CPU_PRETRAIN = "simclr"
 # nothing and its ~12 % of the labelled films would otherwise go unused. On the 5 NIH folds at 256 px, fine-tuned
 # from the same pretrained encoders (40 SimCLR epochs), the ensemble scored 0.785 +- 0.041 against 0.780 +- 0.044
 # with val held out (paired +0.005, below on one fold; members 0.773 against 0.765) (bench/nih_recipe.py --size 256
-# --recipes train_on_val --encoder-from pretrain40, bench/results/nih_train_on_val_256.json; README).
+# --recipes train_on_val --encoder-from pretrain40, bench/results/nih_train_on_val_256.json; README). Unconfirmed:
+# the default with it scored 0.697 / 0.757 on folds 0 / 1 against 0.716 / 0.776 held out, those on another machine
+# (bench/results/nih_default_train_on_val_256.json); folds 2-4 decide whether it stays.
 CPU_TRAIN_ON_VAL = True
 CONFIG_FILE = RunDir.CONFIG
 
