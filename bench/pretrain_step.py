@@ -48,16 +48,14 @@ def time_steps(size: int, steps: int) -> dict:
 
     from bnp_cxr.models import POOL_NAME, build_model
     from bnp_cxr.training.config import CPU_MODEL_PX
-    from bnp_cxr.training.pretrain import PRETRAIN, contrastive_view, simclr_step
+    from bnp_cxr.training.pretrain import PRETRAIN, contrastive_view, projection_head, simclr_step
 
     rng = np.random.default_rng(0)
     data = tf.constant(rng.random((2 * PRETRAIN.batch_size, size, size, 1)).astype(np.float16))
     keras.utils.set_random_seed(0)
     model = build_model("small_cnn", size, model_px=min(CPU_MODEL_PX, size))
     encoder = keras.Model(model.input, model.get_layer(POOL_NAME).output)
-    head = keras.Sequential([keras.layers.Dense(PRETRAIN.projection[0], activation="relu"),
-                             keras.layers.Dense(PRETRAIN.projection[1])])
-    step = simclr_step(encoder, head, keras.optimizers.Adam(PRETRAIN.lr), data)
+    step = simclr_step(encoder, projection_head(), keras.optimizers.Adam(PRETRAIN.lr), data)
 
     @tf.function
     def views(indices, seed):

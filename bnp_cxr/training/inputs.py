@@ -45,6 +45,11 @@ def mixup_batch(images, targets, seed, alpha: float):
     return mixed_images, mixed_targets
 
 
+def fit_splits(config: TrainConfig) -> tuple[str, ...]:
+    """The record splits a run fits on: train, and val too with train_on_val."""
+    return ("train", "val") if config.train_on_val else ("train",)
+
+
 def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_workers: int, epochs: int):
     """(train dataset repeated for `epochs` epochs, val dataset, train steps per epoch, val images left out each
     epoch)."""
@@ -53,13 +58,13 @@ def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_worke
     from bnp_cxr.records.augment import SITE_AUGMENT, AugmentConfig
     from bnp_cxr.records.reader import make_dataset
 
-    fit_splits = ("train", "val") if config.train_on_val else ("train",)
-    n_train, n_val = sum(fingerprint["images"][split] for split in fit_splits), fingerprint["images"]["val"]
+    fitted = fit_splits(config)
+    n_train, n_val = sum(fingerprint["images"][split] for split in fitted), fingerprint["images"]["val"]
     # Full batches only (when there are enough images): BatchNorm on a 1-image remainder is noise.
     drop = n_train >= config.batch_size
     augment = (SITE_AUGMENT if config.site_augment else AugmentConfig()) if config.augment else None
     findings = bool(config.finding_loss_weight)  # targets [labs, findings] for training.findings' heads
-    train = make_dataset(config.records_dir, fit_splits, config.size, batch_size=config.batch_size, training=True,
+    train = make_dataset(config.records_dir, fitted, config.size, batch_size=config.batch_size, training=True,
                          augment=augment, shuffle_buffer=config.shuffle_buffer, cache=config.cache, seed=config.seed,
                          drop_remainder=drop, standardize=config.standardize, finding_targets=findings)
     if config.mixup:  # after the augmentation, on whole batches; its seeds from a stream of their own

@@ -160,6 +160,14 @@ def nt_xent(embeddings, temperature: float):
     return loss, accuracy
 
 
+def projection_head(settings: PretrainConfig = PRETRAIN):
+    """SimCLR's projection head on the pooled features (discarded after pretraining): Dense-ReLU, Dense."""
+    import keras
+
+    return keras.Sequential([keras.layers.Dense(settings.projection[0], activation="relu"),
+                             keras.layers.Dense(settings.projection[1])], name="projection")
+
+
 def simclr_step(encoder, head, optimizer, data, settings: PretrainConfig = PRETRAIN):
     """One SimCLR step as a tf.function (image indices into `data` [N, H, W, 1], stateless seed [2]) -> (NT-Xent
     loss, pair accuracy): two views of each chosen image, both through encoder and head, one optimiser update."""
@@ -199,8 +207,7 @@ def pretrain_encoder(config: TrainConfig, out: Path, settings: PretrainConfig = 
     model = build_model(config.backbone, config.size, dropout=config.dropout, model_px=config.model_px,
                         widths=config.widths)
     encoder = keras.Model(model.input, model.get_layer(POOL_NAME).output, name="pretrained_encoder")
-    head = keras.Sequential([keras.layers.Dense(settings.projection[0], activation="relu"),
-                             keras.layers.Dense(settings.projection[1])], name="projection")
+    head = projection_head(settings)
     steps_per_epoch = n // batch
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
         settings.lr, decay_steps=config.pretrain_epochs * steps_per_epoch))
