@@ -50,8 +50,7 @@ N_FOLDS, FOLD_SEED, VAL_FRACTION = 5, 0, 0.125
 SCRATCH = {"pretrain": "none"}
 # TrainConfig options over the defaults; "default" is whatever `python tools/train.py` resolves to on a CPU.
 RECIPES: dict[str, dict] = {
-    "default": {},  # on a CPU: SimCLR pretraining (training.pretrain), then the ensemble of CPU_MEMBERS small CNNs
-    # (training.ensemble) starting from its encoder, site augmentation on
+    "default": {},  # on a CPU: SimCLR pretraining, then CPU_MEMBERS small CNNs from its encoder (training.ensemble)
     # the default from scratch: no pretraining (the CPU default before training.pretrain)
     "scratch": SCRATCH,
     # the default reading the records in full ("size": model_px = --size) instead of at CPU_MODEL_PX
@@ -115,6 +114,7 @@ RECIPES: dict[str, dict] = {
     # the default with 40 pretraining epochs instead of 60: a third less pretraining (the 45 min budget on slower CPUs)
     "pretrain40": {"pretrain_epochs": 40},
     "train_on_val": {"train_on_val": True},  # the default also fitting the val images (keep last: val picks nothing)
+    "hold_out_val": {"train_on_val": False},  # the default holding the val images out (the CPU default before)
 }
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}
