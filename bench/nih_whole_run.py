@@ -9,8 +9,7 @@ folds), train the rest, no test. Then the documented commands run as subprocesse
     python tools/train.py --records ... --size 256 --run-dir ...        # the whole CPU default, pretraining included
 
 The run's val split is scored afterwards (tools/evaluate.py's code) to show that the model learnt; those images
-were in the SimCLR pretraining (train + val, without labels) and, since the CPU default fits them too
-(--train-on-val), in the fine-tuning, so their AUC is no test.
+were in the SimCLR pretraining (train + val, without labels) and monitored training, so their AUC is no test.
 Nothing else should run beside it (the minutes are the result).
 
     python bench/nih_whole_run.py --size 256 --name nih_whole_run_256

@@ -218,12 +218,11 @@ def test_site_augment_resolves_by_recipe(options, n_gpus, expected, says):
 
 
 @pytest.mark.parametrize("options, n_gpus, expected, says", [
-    ({}, 0, True, "(the small_cnn recipe, which keeps the last epoch; --no-train-on-val holds them out)"),
-    ({}, 1, False, None), ({"backbone": "resnet50"}, 0, False, None),
-    ({"keep": "best"}, 0, False, None), ({"train_on_val": False}, 0, False, None),
+    ({}, 0, False, None), ({}, 1, False, None),  # off by default, the CPU recipe included (README)
+    ({"train_on_val": True}, 0, True, "(--train-on-val)"),
     ({"train_on_val": True, "backbone": "resnet50"}, 1, True, "(--train-on-val)"),
 ])
-def test_train_on_val_resolves_by_recipe_and_kept_epoch(options, n_gpus, expected, says):
+def test_train_on_val_is_off_unless_asked_and_calls_val_in_sample(options, n_gpus, expected, says):
     config, notes = resolve(make_config(options), n_gpus)
     assert config.train_on_val is expected
     said = [note for note in notes if note.startswith("The val images are fitted on too")]
@@ -362,8 +361,7 @@ def test_train_datasets_use_the_site_augmentation_only_when_asked(records, tmp_p
     monkeypatch.setattr(reader, "make_dataset", recording)
     config, _ = resolve(tiny_config(records, tmp_path / "run", **options), 0)
     make_datasets(config, data_fingerprint(records, 64), 1, 1, 1)
-    # the small_cnn recipe fits its val images too (train_on_val), read as one dataset with the train images
-    assert asked["train+val"] == {"plain": AugmentConfig(), "site": SITE_AUGMENT, None: None}[expected]
+    assert asked["train"] == {"plain": AugmentConfig(), "site": SITE_AUGMENT, None: None}[expected]
     assert asked["val"] is None
 
 
@@ -400,9 +398,8 @@ def test_run_folder_holds_model_config_history_and_logs(finished_run, records):
     assert saved["standardize"] == "clahe"  # the small_cnn recipe's input standardisation, resolved and saved
     assert set(saved["versions"]) >= {"tensorflow", "keras", "numpy", "bnp_cxr"}
     assert saved["data"] == data_fingerprint(records, 64) and saved["data"]["images"] == SPLIT_SIZES
-    # the small_cnn recipe keeps the last epoch and so fits the val images too
-    assert saved["train_on_val"] is True
-    assert saved["steps_per_epoch"] == (SPLIT_SIZES["train"] + SPLIT_SIZES["val"]) // 8
+    assert saved["train_on_val"] is False  # val held out, as the CPU recipe's default
+    assert saved["steps_per_epoch"] == SPLIT_SIZES["train"] // 8
     history = read_history(run_dir / HISTORY_FILE)
     assert [row["epoch"] for row in history] == [0, 1] and finished_run.epochs_completed == 2
     assert {"loss", "val_loss", "mae_log10_bnpp", "val_auc_bnpp_gt_400", "val_auc_bnp_gt_100"} <= set(history[0])
@@ -496,7 +493,7 @@ def test_resume_continues_from_the_last_completed_epoch(records, tmp_path):
 
     result = train(make_config({"run_dir": str(run_dir), "size": 64}, resume=True), callbacks=[Epochs()],
                    verbose=0, log=lambda _: None)
-    steps = (SPLIT_SIZES["train"] + SPLIT_SIZES["val"]) // 8  # train_on_val, resolved and saved, resumes too
+    steps = SPLIT_SIZES["train"] // 8
     assert seen == [2, 3 * steps]  # one epoch run; the optimizer's step count was restored
     assert [row["epoch"] for row in read_history(run_dir / HISTORY_FILE)] == [0, 1, 2]
     assert result.epochs_completed == 3 and result.config.epochs == 3

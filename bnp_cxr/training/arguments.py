@@ -89,8 +89,7 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
                               f"paper preset's); default: {d.keep}")
     options.add_argument("--train-on-val", action=argparse.BooleanOptionalAction,
                          help="fit on the val images too (with --keep last, where val picks nothing): more labels, "
-                              "but the val scores become in-sample; the test split stays held out (default: on "
-                              "with the CPU backbone and --keep last, off otherwise)")
+                              "but the val scores become in-sample; the test split stays held out (default: off)")
     options.add_argument("--dropout", type=float, help=f"dropout before the output layer (default: {d.dropout})")
     options.add_argument("--members", type=int, metavar="N",
                          help="train N models (seeds seed..seed+N-1) and save their mean as model.keras (default: "
