@@ -114,7 +114,7 @@ RECIPES: dict[str, dict] = {
     # the default with 40 pretraining epochs instead of 60: a third less pretraining (the 45 min budget on slower CPUs)
     "pretrain40": {"pretrain_epochs": 40},
     "train_on_val": {"train_on_val": True},  # the default also fitting the val images (keep last: val picks nothing)
-    "hold_out_val": {"train_on_val": False},  # the default holding the val images out (the CPU default before)
+    "hold_out_val": {"train_on_val": False},  # = the default, named: paired against train_on_val (--encoder-from)
 }
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}
