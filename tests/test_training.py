@@ -475,10 +475,12 @@ class Interrupt(keras.callbacks.Callback):
             raise Crash(f"interrupted after epoch {epoch}")
 
 
-def test_resume_continues_from_the_last_completed_epoch(records, tmp_path):
+@pytest.mark.parametrize("train_on_val", [False, True])
+def test_resume_continues_from_the_last_completed_epoch(records, tmp_path, train_on_val):
     run_dir = tmp_path / "run"
     with pytest.raises(Crash):
-        train(tiny_config(records, run_dir, epochs=3), callbacks=[Interrupt(1)], verbose=0, log=lambda _: None)
+        train(tiny_config(records, run_dir, epochs=3, train_on_val=train_on_val), callbacks=[Interrupt(1)],
+              verbose=0, log=lambda _: None)
     assert [row["epoch"] for row in read_history(run_dir / HISTORY_FILE)] == [0, 1]
     assert completed_epochs(run_dir) == 2
     # Only the run folder and --resume: the rest comes from the run's config.json.
@@ -493,7 +495,7 @@ def test_resume_continues_from_the_last_completed_epoch(records, tmp_path):
 
     result = train(make_config({"run_dir": str(run_dir), "size": 64}, resume=True), callbacks=[Epochs()],
                    verbose=0, log=lambda _: None)
-    steps = SPLIT_SIZES["train"] // 8
+    steps = (SPLIT_SIZES["train"] + SPLIT_SIZES["val"] * train_on_val) // 8  # --train-on-val resumes as trained
     assert seen == [2, 3 * steps]  # one epoch run; the optimizer's step count was restored
     assert [row["epoch"] for row in read_history(run_dir / HISTORY_FILE)] == [0, 1, 2]
     assert result.epochs_completed == 3 and result.config.epochs == 3
