@@ -50,6 +50,11 @@ def fit_splits(config: TrainConfig) -> tuple[str, ...]:
     return ("train", "val") if config.train_on_val else ("train",)
 
 
+def fit_image_count(config: TrainConfig, fingerprint: dict) -> int:
+    """How many images a run fits on per epoch: its fit_splits' counts in the records' fingerprint."""
+    return sum(fingerprint["images"][split] for split in fit_splits(config))
+
+
 def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_workers: int, epochs: int):
     """(train dataset repeated for `epochs` epochs, val dataset, train steps per epoch, val images left out each
     epoch)."""
@@ -58,15 +63,15 @@ def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_worke
     from bnp_cxr.records.augment import SITE_AUGMENT, AugmentConfig
     from bnp_cxr.records.reader import make_dataset
 
-    fitted = fit_splits(config)
-    n_train, n_val = sum(fingerprint["images"][split] for split in fitted), fingerprint["images"]["val"]
+    n_train, n_val = fit_image_count(config, fingerprint), fingerprint["images"]["val"]
     # Full batches only (when there are enough images): BatchNorm on a 1-image remainder is noise.
     drop = n_train >= config.batch_size
     augment = (SITE_AUGMENT if config.site_augment else AugmentConfig()) if config.augment else None
     findings = bool(config.finding_loss_weight)  # targets [labs, findings] for training.findings' heads
-    train = make_dataset(config.records_dir, fitted, config.size, batch_size=config.batch_size, training=True,
-                         augment=augment, shuffle_buffer=config.shuffle_buffer, cache=config.cache, seed=config.seed,
-                         drop_remainder=drop, standardize=config.standardize, finding_targets=findings)
+    train = make_dataset(config.records_dir, fit_splits(config), config.size, batch_size=config.batch_size,
+                         training=True, augment=augment, shuffle_buffer=config.shuffle_buffer, cache=config.cache,
+                         seed=config.seed, drop_remainder=drop, standardize=config.standardize,
+                         finding_targets=findings)
     if config.mixup:  # after the augmentation, on whole batches; its seeds from a stream of their own
         seeds = tf.data.Dataset.random(seed=config.seed + 2, rerandomize_each_iteration=True).batch(2)
         train = tf.data.Dataset.zip((train, seeds)).map(

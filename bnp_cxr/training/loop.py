@@ -33,7 +33,7 @@ from bnp_cxr.training.cluster import (BACKUP_DIR, Cluster, agree, patch_keras_fo
                                       start_strategy, strategy_kind)
 from bnp_cxr.workspace import RunDir
 from bnp_cxr.training.config import CONFIG_FILE, TrainConfig, dtype_policy, identity_mismatches, resolve
-from bnp_cxr.training.inputs import fit_splits, make_datasets, val_batching
+from bnp_cxr.training.inputs import fit_image_count, fit_splits, make_datasets, val_batching
 from bnp_cxr.training.optimizers import learning_rate, make_optimizer
 from bnp_cxr.training.pretrain import ensure_encoder
 
@@ -211,8 +211,7 @@ def _agree_on_resume(config: TrainConfig, cluster: Cluster) -> _Start:
 
 
 def _fit_images(config: TrainConfig, fingerprint: dict) -> str:
-    splits = fit_splits(config)
-    return f"{sum(fingerprint['images'][split] for split in splits)} {' + '.join(splits)}"
+    return f"{fit_image_count(config, fingerprint)} {' + '.join(fit_splits(config))}"
 
 
 def _announce(config: TrainConfig, cluster: Cluster, start: _Start, notes: list[str],
