@@ -156,6 +156,22 @@ def test_cli_prints_table_and_writes_files(records, run_dir, tmp_path):
     assert (run / "roc.png").is_file() and (run / "scatter.png").is_file()
 
 
+def test_out_writes_elsewhere_and_leaves_the_run_evaluation_in_place(evaluated, records, run_dir, tmp_path, capsys):
+    """--out: another site's records are scored into their own folder; the run's metrics and report stay."""
+    from bnp_cxr.cli import evaluate as cli
+
+    kept = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
+    out = tmp_path / "other_site"
+    assert cli.main(["--size", str(SIZE), "--run-dir", str(run_dir), "--records", str(records), "--n-boot", "1000",
+                     "--seed", "2", "--out", str(out)]) == 0
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()} == kept
+    result = json.loads(RunDir(out).metrics.read_text())
+    assert result["bootstrap"]["seed"] == 2 and result["n_images"] == evaluated["n_images"]
+    assert sorted(path.name for path in out.iterdir()) == sorted([RunDir.PREDICTIONS, RunDir.METRICS, "roc.png",
+                                                                 "scatter.png"])
+    assert f"to {out} (the run's own evaluation in {run_dir} is unchanged)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--run-dir", "{missing}"], "config.json"),
     (["--run-dir", "{run}", "--n-boot", "10"], "n_boot"),

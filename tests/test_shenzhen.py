@@ -14,8 +14,9 @@ import pytest
 
 from bnp_cxr.data.manifest import load_manifest
 from bnp_cxr.data.sources.common import link_dataset
-from bnp_cxr.data.sources.shenzhen import (FINDING_COLUMNS, MANIFEST_COLUMNS, SHENZHEN_STAND_IN_PG_ML,
-                                           read_shenzhen_index, write_shenzhen_manifest)
+from bnp_cxr.data.sources.common import STAND_IN_PG_ML as SHENZHEN_STAND_IN_PG_ML
+from bnp_cxr.data.sources.nlm_tb import FINDING_COLUMNS, MANIFEST_COLUMNS, read_tb_index
+from bnp_cxr.data.sources.shenzhen import write_shenzhen_manifest
 from bnp_cxr.training.pretrain import PRETRAIN
 from bnp_cxr.workspace import RunDir
 
@@ -114,6 +115,7 @@ BAD_ROWS = [  # (index line, reason, column); the fixture has CHNCXR_0001_1 and 
     (",images/CHNCXR_0001_1.png,masks/CHNCXR_0001_1.png,1", "missing_id", "id"),
     ("CHNCXR_0002_0,images/CHNCXR_0001_1.png,masks/CHNCXR_0001_1.png,1", "duplicate_id", "id"),
     ("CHNCXR_9999_1,images/CHNCXR_9999_1.png,masks/CHNCXR_9999_1.png,1", "missing_image", "image"),
+    ("CHNCXR_9998_1,images/CHNCXR_0001_1.png,masks/CHNCXR_9998_1.png,1", "missing_mask", "mask"),
 ]
 
 
@@ -129,14 +131,14 @@ def test_bad_index_rows_are_rejected_and_the_rest_go_on(dataset, tmp_path, line,
 
 
 @pytest.mark.parametrize("header, lines, error, match", [
-    ("id,image,tb\n", ["a,images/a.png,1"], ValueError, r"missing column\(s\) \['mask'\]"),
-    (None, [], FileNotFoundError, "index.csv not found"),
+    ("id,image,mask\n", ["a,images/a.png,masks/a.png"], ValueError, r"missing column\(s\) \['tb'\]"),
+    (None, [], FileNotFoundError, "index.csv not found.*CXR_png"),
 ])
 def test_bad_index_is_refused(tmp_path, header, lines, error, match):
     if header is not None:
         write_index(tmp_path, lines, header)
     with pytest.raises(error, match=match):
-        read_shenzhen_index(tmp_path)
+        read_tb_index(tmp_path)
 
 
 def test_missing_dataset_folder_is_refused(tmp_path):
@@ -186,3 +188,20 @@ def test_pipeline_learns_tb_from_real_radiographs(tmp_path):
     assert result["n_images"] == summary["per_split"]["test"]["written"]
     assert auc["estimate"] > MIN_AUC and auc["ci_low"] > MIN_AUC_CI_LOW, auc
     assert result["metrics"]["auc_combined"]["estimate"] > MIN_AUC
+    # Another site's films, scored the documented way: NLM's release layout, every row in the test split, their own
+    # records, evaluate --out. Here they are every 9th shared radiograph linked under its release name (mostly
+    # training images, so only the flow is checked, not the AUC).
+    release = tmp_path / "ChinaSet_AllFiles" / "CXR_png"
+    release.mkdir(parents=True)
+    linked = sorted((SHENZHEN / "images").glob("*.png"))[::9]
+    for image in linked:
+        (release / image.name).symlink_to(image)
+    run_tool("make_manifest.py", "shenzhen", str(release.parent), "--out", "external", "--split", "test", cwd=tmp_path)
+    run_tool("make_tfrecords.py", "--manifest", "external/manifest.csv", "--out", "external/records", "--sizes",
+             str(SIZE), "--no-progress", cwd=tmp_path)
+    kept = (tmp_path / "run" / "metrics.json").read_bytes()
+    run_tool("evaluate.py", "--size", str(SIZE), "--run-dir", "run", "--records", "external/records", "--out",
+             "external/eval", "--n-boot", "1000", cwd=tmp_path)
+    external = json.loads((tmp_path / "external" / "eval" / "metrics.json").read_text())
+    assert external["n_images"] == len(linked) and (tmp_path / "run" / "metrics.json").read_bytes() == kept
+    assert external["metrics"]["auc_combined"]["estimate"] is not None  # both labels among the linked films

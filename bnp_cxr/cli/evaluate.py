@@ -5,6 +5,8 @@ BNPP > 400, BNP > 100 and the combined label; 95% CIs from a patient-level boots
 
     python tools/evaluate.py --size 256
     python tools/evaluate.py --run-dir work/runs/size512 --records /data/records --split val --n-boot 5000
+    python tools/evaluate.py --run-dir work/shenzhen/runs/size256 --records work/montgomery/records \
+        --out work/montgomery/eval     # another site's films (make_manifest.py montgomery ... --split test)
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples, >= 1000 (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="prediction batch size (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="write predictions.csv, metrics.json and the plots here instead of "
+                                                 "the run folder (e.g. for another site's records), leaving the "
+                                                 "run's own evaluation and report as they are")
     return parser
 
 
@@ -42,13 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         config_size = int(read_run_config(run_dir)["size"])
         if config_size != args.size:  # the model's input size decides; say so rather than fail
             print(f"note: {run_dir} was trained at {config_size} px; evaluating at {config_size} px", file=sys.stderr)
-        record_command(run_dir, "evaluate", command_line("evaluate", argv))  # provenance in the run's report
+        if args.out is None:
+            record_command(run_dir, "evaluate", command_line("evaluate", argv))  # provenance in the run's report
         result = evaluate_run(run_dir, args.records, split=args.split, n_boot=args.n_boot, seed=args.seed,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, out_dir=args.out)
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(report_text(result, run_dir))
+    print(report_text(result, run_dir, args.out))
     return 0
 
 

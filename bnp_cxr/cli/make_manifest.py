@@ -2,12 +2,13 @@
 
 The dataset is linked, not copied; rows that cannot be used (missing image, unknown finding, a view
 that is not frontal, ...) go to rejects.csv beside the manifest with the reason, and the rest go on.
-NIH and Shenzhen labels become documented stand-in labs (a pipeline check, never a BNP model) and finding
+NIH, Shenzhen and Montgomery labels become documented stand-in labs (a pipeline check, never a BNP model) and finding
 columns; MIMIC-CXR + MIMIC-IV gives real NT-proBNP / BNP labs (labs.csv) and a flow report (docs/mimic.md).
 
     python tools/make_manifest.py nih ../shared/data/nih --out work/nih
     python tools/make_manifest.py nih /data/cxr14 --labels /data/cxr14/Data_Entry_2017_v2020.csv --out work/nih
     python tools/make_manifest.py shenzhen ../shared/data/lungs/shenzhen --out work/shenzhen
+    python tools/make_manifest.py montgomery /data/MontgomerySet --out work/montgomery   # NLM's release
     python tools/make_manifest.py mimic --cxr /data/mimic-cxr-jpg/2.1.0 --iv /data/mimiciv/3.1 --out work/mimic
     python tools/make_tfrecords.py --manifest work/nih/manifest.csv --out work/nih/records --sizes 256
 """
@@ -31,7 +32,7 @@ def item_override(text: str) -> tuple[str, int]:
 
 
 def _public_options(args: argparse.Namespace) -> tuple[Path, dict]:
-    options: dict = {"with_bnp": not args.bnpp_only}
+    options: dict = {"with_bnp": not args.bnpp_only, "split": args.split}
     if args.source == "nih":
         options["labels"] = args.labels
     else:
@@ -74,12 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
     nih = sources.add_parser("nih", help="NIH ChestX-ray14 (release or the labels.csv subset)")
     nih.add_argument("--labels", type=Path, help="label file (default: labels.csv, else Data_Entry_2017*.csv)")
-    shenzhen = sources.add_parser("shenzhen", help="Shenzhen TB set (index.csv, images/, masks/)")
-    shenzhen.add_argument("--no-masks", action="store_true", help="leave lung_mask_path empty")
-    for source in (nih, shenzhen):
+    tb_sets = [sources.add_parser(name, help=f"{title} TB set (index.csv, images/[, masks/]; or NLM's release, "
+                                             "CXR_png/<id>_<tb>.png)")
+               for name, title in (("shenzhen", "Shenzhen"), ("montgomery", "Montgomery County"))]
+    for tb_set in tb_sets:
+        tb_set.add_argument("--no-masks", action="store_true", help="leave lung_mask_path empty")
+    for source in (nih, *tb_sets):
         source.add_argument("dataset", type=Path, help="the dataset's folder")
         source.add_argument("--out", type=Path, required=True, help="manifest folder (holds a link to the dataset)")
         source.add_argument("--bnpp-only", action="store_true", help="stand-in BNPP only (BNP left empty)")
+        source.add_argument("--split", choices=("train", "val", "test"),
+                            help="put every row in this split (e.g. test: another site's films for a model trained "
+                                 "elsewhere; default: the records' hashed patient split)")
         source.set_defaults(options=_public_options, report=_public_report)
     _add_mimic(sources)
     return parser

@@ -93,12 +93,16 @@ def _model_path(run_dir: Path) -> Path:
 
 def evaluate_run(run_dir: str | os.PathLike, records_dir: str | os.PathLike | None = None, split: str = "test",
                  n_boot: int = 2000, seed: int = 0, batch_size: int = 32,
-                 thresholds: PositivityThresholds = PositivityThresholds()) -> dict:
+                 thresholds: PositivityThresholds = PositivityThresholds(),
+                 out_dir: str | os.PathLike | None = None) -> dict:
     """Predict a split with the run's model and write predictions.csv, metrics.json, roc.png, scatter.png there.
 
-    records_dir defaults to the run config's "records_dir", else work/records. Returns the metrics.json dict.
+    records_dir defaults to the run config's "records_dir", else work/records. out_dir: write those files there
+    instead (e.g. another site's records), leaving the run's own evaluation and report as they are. Returns the
+    metrics.json dict.
     """
     run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir
     config = read_run_config(run_dir)
     size = int(config["size"])
     records_dir = Path(records_dir or config.get("records_dir") or RECORDS_DIR)
@@ -111,11 +115,13 @@ def evaluate_run(run_dir: str | os.PathLike, records_dir: str | os.PathLike | No
         result["findings"] = metrics.finding_aucs(table, findings, n_boot=n_boot, seed=seed)
         # which negatives it confuses with positives: clear films, or films with another finding
         result["negatives"] = metrics.negative_kind_aucs(table, findings, n_boot=n_boot, seed=seed)
-    table.to_csv(RunDir(run_dir).predictions, index=False, float_format="%.6g")
-    RunDir(run_dir).metrics.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    plots.roc_figure(table, result, run_dir / ROC_PLOT, thresholds)
-    plots.scatter_figure(table, result, run_dir / SCATTER_PLOT, thresholds)
-    write_report(run_dir)  # report.md / report.html: the run as one document (bnp_cxr.evaluation.report)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(RunDir(out).predictions, index=False, float_format="%.6g")
+    RunDir(out).metrics.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    plots.roc_figure(table, result, out / ROC_PLOT, thresholds)
+    plots.scatter_figure(table, result, out / SCATTER_PLOT, thresholds)
+    if out.resolve() == run_dir.resolve():
+        write_report(run_dir)  # report.md / report.html: the run as one document (bnp_cxr.evaluation.report)
     return result
 
 
@@ -145,7 +151,9 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def report_text(result: dict, run_dir: str | os.PathLike) -> str:
-    """The metrics table plus where the evaluation's files went (what the CLIs print)."""
-    return (f"{format_table(result)}\nwrote {RunDir.PREDICTIONS}, {RunDir.METRICS}, {ROC_PLOT}, {SCATTER_PLOT} "
-            f"to {run_dir}\nreport: {Path(run_dir) / REPORT_HTML} (and {REPORT_MD})")
+def report_text(result: dict, run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> str:
+    """The metrics table plus where the evaluation's files went (what the CLIs print); out_dir as evaluate_run's."""
+    files = f"{format_table(result)}\nwrote {RunDir.PREDICTIONS}, {RunDir.METRICS}, {ROC_PLOT}, {SCATTER_PLOT} to "
+    if out_dir is not None and Path(out_dir).resolve() != Path(run_dir).resolve():
+        return f"{files}{out_dir} (the run's own evaluation in {run_dir} is unchanged)"
+    return f"{files}{run_dir}\nreport: {Path(run_dir) / REPORT_HTML} (and {REPORT_MD})"

@@ -20,7 +20,7 @@ from typing import Iterable, Mapping, Sequence
 
 from bnp_cxr.files import atomic_path, write_json
 from bnp_cxr.rejects import Reject, rejects_csv
-from bnp_cxr.workspace import BNP_THRESHOLD_PG_ML, BNPP_THRESHOLD_PG_ML
+from bnp_cxr.workspace import BNP_THRESHOLD_PG_ML, BNPP_THRESHOLD_PG_ML, SPLITS
 
 MANIFEST_NAME = "manifest.csv"
 REJECTS_NAME = "rejects.csv"
@@ -119,9 +119,18 @@ class Dataset:
 
 
 def write_source(out_dir: str | os.PathLike, rows: list[dict[str, str]], rejects: list[Reject],
-                 columns: Sequence[str], findings: Sequence[str], dataset: Dataset) -> SourceManifest:
-    """Write out_dir/manifest.csv (columns + finding columns), rejects.csv (always, maybe empty) and dataset.json."""
+                 columns: Sequence[str], findings: Sequence[str], dataset: Dataset,
+                 split: str | None = None) -> SourceManifest:
+    """Write out_dir/manifest.csv (columns + finding columns), rejects.csv (always, maybe empty) and dataset.json.
+
+    split: every row in that split (a `split` column; e.g. "test" for another site's films that a model trained
+    elsewhere is evaluated on); None leaves the records' hashed patient split.
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     out = Path(out_dir)
+    if split is not None:
+        columns, rows = [*columns, "split"], [{**row, "split": split} for row in rows]
     manifest = write_csv(rows, out / MANIFEST_NAME, [*columns, *findings])
     report = out / REJECTS_NAME
     with atomic_path(report) as temp, open(temp, "w", newline="", encoding="utf-8") as handle:

@@ -96,12 +96,13 @@ def _row(row: dict[str, str], keys: tuple[str, ...], images: dict[str, str], see
 
 def write_nih_manifest(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                        labels: str | os.PathLike | None = None, link_name: str = "nih",
-                       with_bnp: bool = True) -> SourceManifest:
+                       with_bnp: bool = True, split: str | None = None) -> SourceManifest:
     """Write out_dir/manifest.csv and rejects.csv for a ChestX-ray14 folder through a symlink out_dir/link_name.
 
     labels: the label file (default: labels.csv, else Data_Entry_2017*.csv in the folder). Rows with a missing
     patient id, a repeated image, a view other than PA / AP, an unknown or contradictory finding, or an image not
-    on disk go to rejects.csv with the reason; the rest keep their order in the manifest. Deterministic.
+    on disk go to rejects.csv with the reason; the rest keep their order in the manifest. split: every row in it
+    (common.write_source). Deterministic.
     """
     link = link_dataset(dataset_dir, out_dir, link_name)
     label_file = Path(labels) if labels else find_label_file(link)
@@ -114,4 +115,4 @@ def write_nih_manifest(dataset_dir: str | os.PathLike, out_dir: str | os.PathLik
             rejects.append(source_reject(label_file.name, line, row[keys[0]], *result))
         else:
             rows.append(result)
-    return write_source(out_dir, rows, rejects, MANIFEST_COLUMNS, FINDING_COLUMNS, DATASET)
+    return write_source(out_dir, rows, rejects, MANIFEST_COLUMNS, FINDING_COLUMNS, DATASET, split)

@@ -2,7 +2,8 @@
 
 labevents has ~118 M rows (~2 GB gzipped). It is read in blocks with pyarrow's streaming CSV reader, only the
 columns needed; each block keeps the rows of the chosen item IDs, then those of patients with radiographs,
-which go straight to labs.csv, so memory holds a few blocks whatever the sizes of input and output. Values map to the project's lab strings (bnp_cxr.data.labs):
+which go straight to labs.csv, so memory holds a few blocks whatever the sizes of input and output. Values map
+to the project's lab strings (bnp_cxr.data.labs):
 `<50` and `>35000` stay censored, `___` (de-identified), empty or non-numeric values and units other than
 pg/mL are set aside with the reason.
 """
