@@ -121,3 +121,15 @@ def test_split_puts_every_row_in_one_split(tmp_path, split):
 def test_an_unknown_split_is_refused(tmp_path):
     with pytest.raises(ValueError, match="split must be one of"):
         SOURCES["shenzhen"](release(tmp_path / "set", "CHNCXR"), tmp_path / "out", split="holdout")
+
+
+@pytest.mark.parametrize("with_masks, rejected", [(True, 1), (False, 0)])
+def test_a_missing_mask_rejects_its_row_unless_masks_are_left_out(tmp_path, with_masks, rejected):
+    dataset = release(tmp_path / "set", "CHNCXR")
+    lines = [f"CHNCXR_{n:04d}_{tb},{RELEASE_IMAGE_DIR}/CHNCXR_{n:04d}_{tb}.png,{tb},masks/absent_{n}.png"
+             for n, tb in enumerate(LABELS[:1], start=1)]
+    (dataset / "index.csv").write_text("id,image,tb,mask\n" + "\n".join(lines) + "\n")
+    result = SOURCES["shenzhen"](dataset, tmp_path / "out", with_masks=with_masks)
+    assert (result.n_rows, result.n_rejected) == (1 - rejected, rejected)
+    if rejected:
+        assert read_rows(result.rejects)[0]["reason"] == "missing_mask"

@@ -43,8 +43,8 @@ def read_tb_index(dataset_dir: str | os.PathLike) -> list[dict[str, str]]:
     return read_table(index, INDEX_COLUMNS)
 
 
-def _index_problem(row: dict[str, str], seen: set[str], root: Path) -> tuple[str, str, str] | None:
-    """(reason, column, detail) when an index row cannot become a manifest row, else None."""
+def _index_problem(row: dict[str, str], seen: set[str], root: Path, with_masks: bool) -> tuple[str, str, str] | None:
+    """(reason, column, detail) when an index row cannot become a manifest row, else None (masks: if with_masks)."""
     if not row["id"]:
         return "missing_id", "id", "empty id"
     if row["id"] in seen:
@@ -53,7 +53,7 @@ def _index_problem(row: dict[str, str], seen: set[str], root: Path) -> tuple[str
         return "bad_label", "tb", f"tb {row['tb']!r} is not 0 or 1"
     if not row["image"] or not (root / row["image"]).is_file():
         return "missing_image", "image", f"image {row['image']!r} not found"
-    if row.get("mask") and not (root / row["mask"]).is_file():
+    if with_masks and row.get("mask") and not (root / row["mask"]).is_file():
         return "missing_mask", "mask", f"mask {row['mask']!r} not found"
     return None
 
@@ -67,7 +67,7 @@ def _manifest_row(image_id: str, image: str, tb: str, mask: str, link_name: str,
 def _index_rows(link: Path, with_masks: bool, with_bnp: bool) -> tuple[list[dict[str, str]], list[Reject]]:
     rows, rejects, seen = [], [], set()
     for line, row in enumerate(read_tb_index(link), start=2):
-        problem = _index_problem(row, seen, link)
+        problem = _index_problem(row, seen, link, with_masks)
         seen.add(row["id"])
         if problem:
             rejects.append(source_reject(INDEX, line, row["image"], *problem))
