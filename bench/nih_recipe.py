@@ -114,7 +114,7 @@ RECIPES: dict[str, dict] = {
     "pretrain40": {"pretrain_epochs": 40},  # a third less pretraining (the 45 min budget on slower CPUs)
     "train_on_val": {"train_on_val": True},  # the default also fitting the val images (keep last: val picks nothing)
     "hold_out_val": {"train_on_val": False},  # = the default, named: paired against train_on_val (--encoder-from)
-    "dropout0": {"dropout": 0.0},  # no dropout before the output (default 0.2): members fit augmented films poorly
+    "dropout0": {"dropout": 0.0}, "dropout0.5": {"dropout": 0.5},  # dropout before the output (default 0.2)
 }
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}
