@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         config_size = int(read_run_config(run_dir)["size"])
         if config_size != args.size:  # the model's input size decides; say so rather than fail
             print(f"note: {run_dir} was trained at {config_size} px; evaluating at {config_size} px", file=sys.stderr)
-        if args.out is None:
-            record_command(run_dir, "evaluate", command_line("evaluate", argv))  # provenance in the run's report
+        if args.out is None or args.out.resolve() == Path(run_dir).resolve():  # provenance in the run's report
+            record_command(run_dir, "evaluate", command_line("evaluate", argv))
         result = evaluate_run(run_dir, args.records, split=args.split, n_boot=args.n_boot, seed=args.seed,
                               batch_size=args.batch_size, out_dir=args.out)
     except (FileNotFoundError, ValueError, KeyError) as error:
