@@ -21,6 +21,7 @@ LUNGS_DIR = WORK_DIR / "lungs"
 PREDICTIONS_DIR = WORK_DIR / "predictions"
 
 SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # the hashed patient split of rows without a split column (paper: 80/10/10)
 # bnp_cxr.models.BACKBONES builds them; named here so that option parsing and configs need no Keras.
 BACKBONE_NAMES = ("resnet152", "resnet50", "densenet121", "efficientnetv2s", "small_cnn")
 SMALL_CNN_WIDTHS = (24, 48, 96, 160)  # channels of small_cnn's conv blocks unless a run sets its own (--widths)

@@ -123,3 +123,26 @@ def test_cli_absolute_paths_need_allow_outside_root(allow, tmp_path, site_salt):
     with open(tmp_path / "records" / "rejects.csv") as handle:
         reasons = [row["reason"] for row in csv.DictReader(handle)]
     assert reasons == ([] if allow else ["absolute_path"] * len(names))
+
+
+@pytest.mark.parametrize("fractions, want", [
+    (("1", "0", "0"), {"train"}),  # every patient trains: a final model, scored on another set's records
+    (("0", "0", "1"), {"test"}),   # every patient is scored: another site's films for a model trained elsewhere
+    (("0.5", "0.5", "0"), {"train", "val"}),
+])
+def test_cli_split_fractions_set_the_hashed_split(shared_dicom_manifest, tmp_path, site_salt, fractions, want):
+    manifest_path, names = shared_dicom_manifest
+    result = run_cli("--manifest", str(manifest_path), "--out", str(tmp_path / "records"), "--sizes", "64",
+                     "--workers", "0", "--split-fractions", *fractions, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "records" / "summary.json").read_text())
+    written = {split: counts["written"] for split, counts in summary["per_split"].items() if counts["written"]}
+    assert sum(written.values()) == len(names) and set(written) <= want and (len(want) > 1 or set(written) == want)
+
+
+@pytest.mark.parametrize("fractions", [("0.5", "0.5", "0.5"), ("1.2", "-0.2", "0")])
+def test_cli_refuses_split_fractions_that_are_no_split(tmp_path, fractions):
+    result = run_cli("--manifest", str(tmp_path / "none.csv"), "--out", str(tmp_path / "records"),
+                     "--split-fractions", *fractions, cwd=tmp_path)
+    assert result.returncode == 2 and "must be >= 0 and sum to 1" in result.stderr
+    assert not (tmp_path / "records").exists()

@@ -117,6 +117,17 @@ def test_hash_split_is_deterministic_patient_level_and_near_80_10_10():
     assert SplitConfig(key="other").split_of("patient-1") in ("train", "val", "test")
 
 
+@pytest.mark.parametrize("fractions", [(0.5, 0.5, 0.5), (1.2, -0.2, 0.0), (0.5, 0.5)])
+def test_split_fractions_that_are_no_split_are_refused_when_made(fractions):
+    with pytest.raises(ValueError, match="split fractions"):
+        SplitConfig(fractions=fractions)
+
+
+def test_zero_fractions_leave_their_split_empty():
+    config = SplitConfig(fractions=(0.875, 0.125, 0.0))
+    assert {config.split_of(f"patient-{i}") for i in range(5000)} == {"train", "val"}
+
+
 def test_no_patient_in_two_splits(folder):
     lines = [f"P{i % 7},img/{'abcde'[i % 5]}.png,2020-01-{i + 1:02d},{50 + i},,PA," for i in range(5)]
     lines += [f"P{i},x{i}.png,2020-01-01,50,,PA," for i in range(40)]

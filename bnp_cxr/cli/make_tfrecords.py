@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bnp_cxr.console import quiet_tensorflow
 from bnp_cxr.workspace import (BNP_THRESHOLD_PG_ML, BNPP_THRESHOLD_PG_ML, COHORT_DIR, DEFAULT_SIZES, RECORDS_DIR,
-                               parse_sizes)
+                               SPLIT_FRACTIONS, parse_sizes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="keep complete shards of an interrupted run, redo the rest")
     mode.add_argument("--overwrite", action="store_true", help="replace existing shards of these sizes")
+    default_split = " ".join(f"{fraction:g}" for fraction in SPLIT_FRACTIONS)
+    parser.add_argument("--split-fractions", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
+                        default=SPLIT_FRACTIONS,
+                        help=f"patient-level hashed split of the rows without a split column (default: "
+                             f"{default_split}); e.g. 0.875 0.125 0 trains a final model on every patient, its val "
+                             "split only monitoring, and scores it on another set's records (evaluate.py --records)")
     parser.add_argument("--window-hours", type=float, default=24.0,
                         help="labs table pairing: nearest lab within +-H hours of the study (default: %(default)s)")
     parser.add_argument("--bnpp-threshold", type=float, default=BNPP_THRESHOLD_PG_ML,
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from bnp_cxr.data.labs import PositivityThresholds
-    from bnp_cxr.data.manifest import ManifestConfig, ManifestError, load_manifest
+    from bnp_cxr.data.manifest import ManifestConfig, ManifestError, SplitConfig, load_manifest
     from bnp_cxr.records.writer import IngestConfig, write_records
 
     if args.runner != "local":  # a bad Beam option fails now, not after the cohort and manifest work
@@ -100,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, ModuleNotFoundError) as error:
             parser.error(str(error))
     try:  # bad sizes or settings fail before any cohort work
+        split = SplitConfig(fractions=tuple(args.split_fractions))
         ingest = IngestConfig(sizes=parse_sizes(args.sizes), shard_size=args.shard_size, workers=args.workers,
                               resume=args.resume, overwrite=args.overwrite, allow_lateral=args.allow_lateral,
                               progress=not args.no_progress)
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = load_manifest(manifest_path, labs_path, ManifestConfig(
             thresholds=PositivityThresholds(bnpp_pg_ml=args.bnpp_threshold, bnp_pg_ml=args.bnp_threshold),
-            pairing_window_hours=args.window_hours, allow_lateral=args.allow_lateral,
+            split=split, pairing_window_hours=args.window_hours, allow_lateral=args.allow_lateral,
             allow_outside_root=args.allow_outside_root, salt=manifest_salt(manifest_path),
             keep_unlabelled=args.unlabelled))
         if args.runner == "local":

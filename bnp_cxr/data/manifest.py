@@ -25,7 +25,7 @@ from bnp_cxr.data import labs as labs_mod
 from bnp_cxr.data.labs import LabValueError, PositivityThresholds
 from bnp_cxr.data.privacy import pseudonymize, resolve_salt, unit_interval_hash
 from bnp_cxr.rejects import Reject
-from bnp_cxr.workspace import FINDINGS, LATERAL_VIEWS, SPLITS
+from bnp_cxr.workspace import FINDINGS, LATERAL_VIEWS, SPLIT_FRACTIONS, SPLITS
 
 REQUIRED_COLUMNS = ("patient_id", "image_path", "study_datetime")
 LAB_COLUMNS = ("bnp", "bnpp")
@@ -41,13 +41,15 @@ class ManifestError(ValueError):
 class SplitConfig:
     """Patient-level split fractions (train, val, test) and the key of the deterministic split hash."""
 
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    fractions: tuple[float, float, float] = SPLIT_FRACTIONS
     key: str = "bnp-cxr-split-v1"
+
+    def __post_init__(self) -> None:
+        if len(self.fractions) != len(SPLITS) or not math.isclose(sum(self.fractions), 1.0) or min(self.fractions) < 0:
+            raise ValueError(f"split fractions (train, val, test) must be >= 0 and sum to 1, got {self.fractions}")
 
     def split_of(self, patient_id: str) -> str:
         """The split of a patient: the same patient always lands in the same split."""
-        if not math.isclose(sum(self.fractions), 1.0) or min(self.fractions) < 0:
-            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {self.fractions}")
         bucket = unit_interval_hash(patient_id, self.key)
         edge = 0.0
         for name, fraction in zip(SPLITS, self.fractions):
