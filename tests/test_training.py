@@ -586,3 +586,19 @@ def test_a_run_folder_from_before_the_optimizer_options_resumes(records, tmp_pat
                                                                                                   False)
     assert resumed["model_px"] == 64  # read in full, as every run before the option
     assert [session["resumed"] for session in resumed["sessions"]] == [False, True]
+
+
+@pytest.mark.parametrize("per_split, says", [
+    ({"train": {"written": 4}, "val": {"written": 2}}, True),  # --split-fractions TRAIN VAL 0
+    ({"train": {"written": 4}, "test": {"written": 0}}, True),
+    ({"train": {"written": 4}, "test": {"written": 2}}, False),
+    (None, False),  # no summary.json: the reader's own error is the message
+])
+def test_train_cli_names_a_missing_test_split_as_a_choice(tmp_path, per_split, says):
+    from bnp_cxr.cli.train import _no_test_split
+
+    if per_split is not None:
+        (tmp_path / "summary.json").write_text(json.dumps({"per_split": per_split}))
+    message = _no_test_split(str(tmp_path))
+    assert (message is not None) == says
+    assert not says or ("no test split" in message and "evaluate.py" in message and "--out" in message)

@@ -64,10 +64,21 @@ def main(argv: list[str] | None = None) -> int:
         try:
             metrics = evaluate_run(result.run_dir, result.config.records_dir, split="test", n_boot=args.n_boot)
         except (FileNotFoundError, ValueError) as error:  # e.g. no test split: training itself succeeded
-            print(f"evaluation skipped: {error}", file=sys.stderr)
+            print(f"evaluation skipped: {_no_test_split(result.config.records_dir) or error}", file=sys.stderr)
             return 0
         print(report_text(metrics, result.run_dir))
     return 0
+
+
+def _no_test_split(records_dir: str) -> str | None:
+    """Why a run has nothing to score when its records hold no test split by design; None otherwise."""
+    from bnp_cxr.records.reader import read_summary
+
+    per_split = read_summary(records_dir).get("per_split")
+    if not per_split or per_split.get("test", {}).get("written", 0):
+        return None
+    return (f"the records in {records_dir} have no test split (their --split-fractions or split column left none); "
+            "score the model on other records with tools/evaluate.py --run-dir RUN --records DIR --out DIR")
 
 
 if __name__ == "__main__":
