@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # the parser imports no TensorFlow: --help and usage errors stay fast
     quiet_tensorflow()  # TensorFlow's start-up lines stay out of the output (BNP_CXR_TF_LOGS=1 shows them)
-    from bnp_cxr.evaluation.evaluate import evaluate_run, read_run_config, report_text
+    from bnp_cxr.evaluation.evaluate import evaluate_run, read_run_config, report_text, scores_elsewhere
     from bnp_cxr.evaluation.report import command_line, record_command
 
     run_dir = args.run_dir or RunDir.for_size(args.size).path
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         config_size = int(read_run_config(run_dir)["size"])
         if config_size != args.size:  # the model's input size decides; say so rather than fail
             print(f"note: {run_dir} was trained at {config_size} px; evaluating at {config_size} px", file=sys.stderr)
-        if args.out is None or args.out.resolve() == Path(run_dir).resolve():  # provenance in the run's report
+        if scores_elsewhere(run_dir, args.out) is None:  # provenance in the report of the run it writes to
             record_command(run_dir, "evaluate", command_line("evaluate", argv))
         result = evaluate_run(run_dir, args.records, split=args.split, n_boot=args.n_boot, seed=args.seed,
                               batch_size=args.batch_size, out_dir=args.out)

@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from bnp_cxr.workspace import SPLITS
+
 LAB_TESTS = ("BNP", "BNPP")
 
 
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         source.add_argument("dataset", type=Path, help="the dataset's folder")
         source.add_argument("--out", type=Path, required=True, help="manifest folder (holds a link to the dataset)")
         source.add_argument("--bnpp-only", action="store_true", help="stand-in BNPP only (BNP left empty)")
-        source.add_argument("--split", choices=("train", "val", "test"),
+        source.add_argument("--split", choices=SPLITS,
                             help="put every row in this split (e.g. test: another site's films for a model trained "
                                  "elsewhere; default: the records' hashed patient split)")
         source.set_defaults(options=_public_options, report=_public_report)

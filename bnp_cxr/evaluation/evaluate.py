@@ -102,7 +102,8 @@ def evaluate_run(run_dir: str | os.PathLike, records_dir: str | os.PathLike | No
     metrics.json dict.
     """
     run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir
+    elsewhere = scores_elsewhere(run_dir, out_dir)
+    out = elsewhere or run_dir
     config = read_run_config(run_dir)
     size = int(config["size"])
     records_dir = Path(records_dir or config.get("records_dir") or RECORDS_DIR)
@@ -120,7 +121,7 @@ def evaluate_run(run_dir: str | os.PathLike, records_dir: str | os.PathLike | No
     RunDir(out).metrics.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     plots.roc_figure(table, result, out / ROC_PLOT, thresholds)
     plots.scatter_figure(table, result, out / SCATTER_PLOT, thresholds)
-    if out.resolve() == run_dir.resolve():
+    if elsewhere is None:
         write_report(run_dir)  # report.md / report.html: the run as one document (bnp_cxr.evaluation.report)
     return result
 
@@ -151,9 +152,16 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def scores_elsewhere(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None) -> Path | None:
+    """evaluate_run's out_dir when it is a folder other than the run's own, else None (the run folder's files)."""
+    if out_dir is None or Path(out_dir).resolve() == Path(run_dir).resolve():
+        return None
+    return Path(out_dir)
+
+
 def report_text(result: dict, run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> str:
     """The metrics table plus where the evaluation's files went (what the CLIs print); out_dir as evaluate_run's."""
     files = f"{format_table(result)}\nwrote {RunDir.PREDICTIONS}, {RunDir.METRICS}, {ROC_PLOT}, {SCATTER_PLOT} to "
-    if out_dir is not None and Path(out_dir).resolve() != Path(run_dir).resolve():
+    if scores_elsewhere(run_dir, out_dir) is not None:
         return f"{files}{out_dir} (the run's own evaluation in {run_dir} is unchanged)"
     return f"{files}{run_dir}\nreport: {Path(run_dir) / REPORT_HTML} (and {REPORT_MD})"
