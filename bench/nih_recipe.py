@@ -51,8 +51,7 @@ SCRATCH = {"pretrain": "none"}
 # TrainConfig options over the defaults; "default" is whatever `python tools/train.py` resolves to on a CPU.
 RECIPES: dict[str, dict] = {
     "default": {},  # on a CPU: SimCLR pretraining, then CPU_MEMBERS small CNNs from its encoder (training.ensemble)
-    # the default from scratch: no pretraining (the CPU default before training.pretrain)
-    "scratch": SCRATCH,
+    "scratch": SCRATCH,  # the default from scratch: no pretraining (the CPU default before training.pretrain)
     # the default reading the records in full ("size": model_px = --size) instead of at CPU_MODEL_PX
     "full_res": {"model_px": "size", **SCRATCH},
     # the default with wider conv blocks (small_cnn widths 24-160 -> 32-256: 1.4x the training time at 256 px)
@@ -115,6 +114,7 @@ RECIPES: dict[str, dict] = {
     "train_on_val": {"train_on_val": True},  # the default also fitting the val images (keep last: val picks nothing)
     "hold_out_val": {"train_on_val": False},  # = the default, named: paired against train_on_val (--encoder-from)
     "dropout0": {"dropout": 0.0}, "dropout0.5": {"dropout": 0.5},  # dropout before the output (default 0.2)
+    "views_model_px": {"pretrain_view_res": "model"},  # pretraining views made at model_px (a cheaper SimCLR step)
 }
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}

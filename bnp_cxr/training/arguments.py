@@ -7,7 +7,8 @@ import dataclasses
 
 from bnp_cxr.records.standardize import STANDARDIZATIONS
 from bnp_cxr.training.config import (CPU_MEMBERS, CPU_MODEL_PX, CPU_PRETRAIN, CPU_STANDARDIZE, KEEP, LOSS_NAMES,
-                                    MIXED_PRECISION, OPTIMIZERS, PRESETS, PRETRAIN_METHODS, SCHEDULES, TrainConfig)
+                                    MIXED_PRECISION, OPTIMIZERS, PRESETS, PRETRAIN_METHODS, PRETRAIN_VIEW_RESOLUTIONS,
+                                    SCHEDULES, TrainConfig)
 from bnp_cxr.workspace import BACKBONE_NAMES, RECORDS_DIR, RUNS_DIR, SMALL_CNN_WIDTHS
 
 
@@ -109,6 +110,11 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
     options.add_argument("--pretrain-min-crop", type=float, metavar="FRACTION",
                          help="the smallest share of an image's area a pretraining view crops (default: "
                               f"{d.pretrain_min_crop})")
+    options.add_argument("--pretrain-view-res", choices=PRETRAIN_VIEW_RESOLUTIONS,
+                         help="the pretraining views' resolution: input = --size px, area-averaged to --model-px "
+                              "inside the model as the training images are; model = cropped from the --size images "
+                              "and resized straight to --model-px, where the backbone reads them (a cheaper step; "
+                              f"the same with --model-px at --size) (default: {d.pretrain_view_res})")
     options.add_argument("--pretrain-extra", nargs="+", metavar="RECORDS_DIR",
                          help="records folders (tools/make_tfrecords.py at --size) of other radiographs whose images, "
                               "every split and without their labels, join the pretraining: e.g. an archive's films "

@@ -50,6 +50,10 @@ CPU_MODEL_PX = 128
 # default --name nih_pretrain_256, bench/results/nih_pretrain_256.json; README).
 PRETRAIN_METHODS = ("none", "simclr")
 CPU_PRETRAIN = "simclr"
+# The resolution of the pretraining's views (training.pretrain.contrastive_view): "input" = --size, area-averaged to
+# model_px inside the model as every supervised input is; "model" = cropped from the --size images and resized
+# straight to model_px, where the backbone reads them, without the model's downsampling (a cheaper step).
+PRETRAIN_VIEW_RESOLUTIONS = ("input", "model")
 # The CPU recipe holds its val images out (TrainConfig.train_on_val off): fitting them too gained nothing measurable
 # on NIH (paired +0.005 from 40-epoch encoders, bench/results/nih_train_on_val_256.json; about 0 from the default's
 # own 60-epoch ones, bench/results/nih_hold_out_val_paired_256.json; README), and held out they keep the run's val
@@ -66,12 +70,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 # (model_px: the records' size, and small_cnn's widths: SAVED_BEFORE_WIDTHS, filled in by from_json.)
 SAVED_BEFORE_WIDTHS = (24, 48, 96, 160)
 SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best", "members": 1, "site_augment": False, "pretrain": "none",
-                        "train_on_val": False}
+                        "train_on_val": False, "pretrain_view_res": "input"}
 # Options that define what a run learns: a resumed run must keep them (epochs may grow).
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
                    "site_augment", "standardize", "loss", "loss_weights", "dropout", "keep", "members", "model_px",
-                   "widths", "pretrain", "pretrain_epochs", "pretrain_min_crop", "pretrain_extra",
+                   "widths", "pretrain", "pretrain_epochs", "pretrain_min_crop", "pretrain_view_res", "pretrain_extra",
                    "finding_loss_weight", "mixup", "rank_loss_weight", "train_on_val")
 
 
@@ -123,6 +127,7 @@ class TrainConfig:
     pretrain: str | None = None
     pretrain_epochs: int = 60  # passes over the train and val images and any pretrain_extra (training.pretrain)
     pretrain_min_crop: float = 0.35  # a view is a random crop of at least this fraction of the image's area
+    pretrain_view_res: str = "input"  # the views' resolution (PRETRAIN_VIEW_RESOLUTIONS)
     # records folders of other radiographs (every split, labels unread) that join the pretraining's own train and
     # val images: an archive's films without lab results; images of this run's test patients are left out
     pretrain_extra: tuple[str, ...] = ()
@@ -200,6 +205,8 @@ class TrainConfig:
             problems.append(f"pretrain {self.pretrain} makes the starting weights: it cannot start from imagenet")
         if not 0 < self.pretrain_min_crop <= 1:
             problems.append(f"pretrain_min_crop must be in (0, 1], got {self.pretrain_min_crop}")
+        if self.pretrain_view_res not in PRETRAIN_VIEW_RESOLUTIONS:
+            problems.append(f"pretrain_view_res must be one of {PRETRAIN_VIEW_RESOLUTIONS}, got {self.pretrain_view_res!r}")
         if self.pretrain_extra and self.pretrain == "none":
             problems.append("pretrain_extra adds images to the pretraining: it needs pretrain simclr, not none")
         return problems

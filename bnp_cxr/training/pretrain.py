@@ -44,12 +44,13 @@ class PretrainConfig:
     lr: float = 2e-3
     # a random crop of at least this fraction of the image, resized back (ensure_encoder puts the run's in)
     min_crop_area: float = TrainConfig.pretrain_min_crop
+    view_res: str = TrainConfig.pretrain_view_res  # PRETRAIN_VIEW_RESOLUTIONS (ensure_encoder puts the run's in)
     max_log_aspect: float = math.log(4 / 3)
     gamma_range: tuple[float, float] = (0.6, 1.6)
     contrast_range: tuple[float, float] = (0.6, 1.4)
     max_brightness: float = 0.15
     blur_probability: float = 0.4  # a 3x area-averaged copy resized back
-    noise_std: float = 0.02
+    noise_std: float = 0.02  # per pixel of the image's own size (scaled to views made smaller, as averaging would)
     projection: tuple[int, int] = (256, 128)  # the head's hidden and output widths (discarded after pretraining)
 
 
@@ -115,12 +116,13 @@ def pretraining_images(config: TrainConfig, log: Callable[[str], None] = print) 
     return np.concatenate([images, more]), extra
 
 
-def contrastive_view(images, seed, settings: PretrainConfig = PRETRAIN):
-    """One random view of each image [B, H, W, 1] in [0, 1]: crop and resize, gamma, contrast, brightness, blur,
-    noise (stateless: the same seed gives the same views)."""
+def contrastive_view(images, seed, settings: PretrainConfig = PRETRAIN, view_px: int | None = None):
+    """One random view [B, view_px, view_px, 1] in [0, 1] of each image [B, H, W, 1]: crop and resize, gamma,
+    contrast, brightness, blur, noise (stateless: the same seed gives the same views). view_px: the images' own size
+    when None; smaller views get the noise an area average to view_px would leave of it."""
     import tensorflow as tf
 
-    batch, size = tf.shape(images)[0], images.shape[1]
+    batch, size = tf.shape(images)[0], view_px or images.shape[1]
     seeds = tf.random.experimental.stateless_split(seed, 9)
 
     def uniform(index, low, high, shape=None):
@@ -141,7 +143,8 @@ def contrastive_view(images, seed, settings: PretrainConfig = PRETRAIN):
     blurred = tf.image.resize(tf.image.resize(x, [size // 3, size // 3], method="area"), [size, size])
     blur = tf.cast(uniform(7, 0.0, 1.0, pixel) < settings.blur_probability, x.dtype)
     x = blur * blurred + (1 - blur) * x
-    x += tf.random.stateless_normal(tf.shape(x), seeds[8]) * settings.noise_std
+    # i.i.d. noise averaged over k x k pixels keeps 1/k of its standard deviation
+    x += tf.random.stateless_normal(tf.shape(x), seeds[8]) * (settings.noise_std * size / images.shape[1])
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
@@ -170,15 +173,18 @@ def projection_head(settings: PretrainConfig = PRETRAIN):
 
 def simclr_step(encoder, head, optimizer, data, settings: PretrainConfig = PRETRAIN):
     """One SimCLR step as a tf.function (image indices into `data` [N, H, W, 1], stateless seed [2]) -> (NT-Xent
-    loss, pair accuracy): two views of each chosen image, both through encoder and head, one optimiser update."""
+    loss, pair accuracy): two views of each chosen image at the encoder's input size, both through encoder and head,
+    one optimiser update."""
     import tensorflow as tf
+
+    view_px = encoder.input.shape[1]
 
     @tf.function
     def step(indices, seed):
         pair = tf.random.experimental.stateless_split(seed, 2)
         chosen = tf.cast(tf.gather(data, indices), tf.float32)
-        views = tf.concat([contrastive_view(chosen, pair[0], settings), contrastive_view(chosen, pair[1], settings)],
-                          axis=0)
+        views = tf.concat([contrastive_view(chosen, pair[0], settings, view_px),
+                           contrastive_view(chosen, pair[1], settings, view_px)], axis=0)
         with tf.GradientTape() as tape:
             loss, accuracy = nt_xent(head(encoder(views, training=True), training=True), settings.temperature)
         variables = encoder.trainable_variables + head.trainable_variables
@@ -186,6 +192,19 @@ def simclr_step(encoder, head, optimizer, data, settings: PretrainConfig = PRETR
         return loss, accuracy
 
     return step
+
+
+def view_encoder(model, settings: PretrainConfig = PRETRAIN):
+    """The part of a supervised model the views go through: its input to the global pool, or with view_res "model"
+    from its downsampling layer's output on (the same layers, so training one trains the other)."""
+    import keras
+
+    from bnp_cxr.models import DOWNSAMPLE_NAME, POOL_NAME
+
+    names = {layer.name for layer in model.layers}
+    start = model.get_layer(DOWNSAMPLE_NAME).output if settings.view_res == "model" and DOWNSAMPLE_NAME in names \
+        else model.input
+    return keras.Model(start, model.get_layer(POOL_NAME).output, name="view_encoder")
 
 
 def pretrain_encoder(config: TrainConfig, out: Path, settings: PretrainConfig = PRETRAIN,
@@ -211,7 +230,7 @@ def pretrain_encoder(config: TrainConfig, out: Path, settings: PretrainConfig = 
     steps_per_epoch = n // batch
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
         settings.lr, decay_steps=config.pretrain_epochs * steps_per_epoch))
-    step = simclr_step(encoder, head, optimizer, tf.constant(images), settings)
+    step = simclr_step(view_encoder(model, settings), head, optimizer, tf.constant(images), settings)
     order = np.random.default_rng(config.seed)
     started = time.perf_counter()
     for epoch in range(config.pretrain_epochs):
@@ -240,9 +259,11 @@ def pretrain_key(config: TrainConfig, data: dict, settings: PretrainConfig = PRE
     fields = ("size", "backbone", "model_px", "widths", "standardize", "seed", "pretrain", "pretrain_epochs")
     # Only a run with extra folders gets the field, so encoders made before the option keep their keys.
     extra = {"extra_sha256": [data_fingerprint(folder, config.size)["sha256"] for folder in config.pretrain_extra]}
+    # Likewise the views' resolution: only "model" views, the later option, are named in the settings.
+    named = {key: value for key, value in dataclasses.asdict(settings).items()
+             if key != "view_res" or value != "input"}
     return json.loads(json.dumps({"data_sha256": data["sha256"], **{name: getattr(config, name) for name in fields},
-                                  **(extra if config.pretrain_extra else {}),
-                                  "settings": dataclasses.asdict(settings)}))
+                                  **(extra if config.pretrain_extra else {}), "settings": named}))
 
 
 def ensure_encoder(config: TrainConfig, data: dict, *, workers: int = 1, settings: PretrainConfig = PRETRAIN,
@@ -251,7 +272,7 @@ def ensure_encoder(config: TrainConfig, data: dict, *, workers: int = 1, setting
     RunDir.encoder), reusing one made under the same key; a member reads its ensemble's, which must exist."""
     if config.pretrain == "none":
         return
-    settings = dataclasses.replace(settings, min_crop_area=config.pretrain_min_crop)
+    settings = dataclasses.replace(settings, min_crop_area=config.pretrain_min_crop, view_res=config.pretrain_view_res)
     weights, own = Path(os.path.abspath(config.weights)), Path(os.path.abspath(RunDir(config.run_path).encoder))
     if weights != own:
         if not weights.is_file():
