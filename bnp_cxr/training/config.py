@@ -206,7 +206,8 @@ class TrainConfig:
         if not 0 < self.pretrain_min_crop <= 1:
             problems.append(f"pretrain_min_crop must be in (0, 1], got {self.pretrain_min_crop}")
         if self.pretrain_view_res not in PRETRAIN_VIEW_RESOLUTIONS:
-            problems.append(f"pretrain_view_res must be one of {PRETRAIN_VIEW_RESOLUTIONS}, got {self.pretrain_view_res!r}")
+            problems.append(f"pretrain_view_res must be one of {PRETRAIN_VIEW_RESOLUTIONS}, "
+                            f"got {self.pretrain_view_res!r}")
         if self.pretrain_extra and self.pretrain == "none":
             problems.append("pretrain_extra adds images to the pretraining: it needs pretrain simclr, not none")
         return problems
