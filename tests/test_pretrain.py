@@ -4,6 +4,7 @@ encoder made, reused and loaded by a run end to end."""
 import dataclasses
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,7 +14,7 @@ from bnp_cxr.models import build_model, load_model
 from bnp_cxr.training import make_config, resolve, train
 from bnp_cxr.training.config import TrainConfig
 from bnp_cxr.training.pretrain import (PRETRAIN, PretrainConfig, contrastive_view, ensure_encoder, nt_xent,
-                                       unlabelled_images)
+                                       pretrain_key, unlabelled_images, view_encoder)
 from bnp_cxr.workspace import RunDir
 
 SIZE = 64
@@ -74,6 +75,30 @@ def test_views_are_random_but_reproducible(images):
     assert not np.allclose(first, other) and not np.allclose(first, images)
 
 
+@pytest.mark.parametrize("view_px", [SIZE, SIZE // 2, SIZE // 4])
+def test_smaller_views_keep_the_noise_an_area_average_would_leave(view_px):
+    flat = np.full((8, SIZE, SIZE, 1), 0.5, np.float32)
+    view = contrastive_view(tf.constant(flat), tf.constant([3, 1], tf.int64), IDENTITY, view_px).numpy()
+    assert view.shape == (8, view_px, view_px, 1)
+    np.testing.assert_allclose(view, 0.5, atol=1e-6)
+    noisy = dataclasses.replace(IDENTITY, noise_std=0.08)
+    view = contrastive_view(tf.constant(flat), tf.constant([3, 1], tf.int64), noisy, view_px).numpy()
+    # i.i.d. noise at SIZE px averaged over (SIZE / view_px)^2 pixels: its standard deviation over SIZE / view_px
+    assert view.std() == pytest.approx(0.08 * view_px / SIZE, rel=0.1)
+
+
+@pytest.mark.parametrize("model_px, view_res, reads", [
+    (SIZE // 2, "model", SIZE // 2),  # from the downsampling layer on
+    (SIZE // 2, "input", SIZE),  # the whole model, its downsampling included (the views at SIZE)
+    (SIZE, "model", SIZE),  # a model that reads its input in full has nothing to skip
+])
+def test_the_views_enter_the_model_where_their_resolution_says(model_px, view_res, reads):
+    model = build_model("small_cnn", SIZE, model_px=model_px, widths=(8, 16))
+    views = view_encoder(model, dataclasses.replace(PRETRAIN, view_res=view_res))
+    assert views.input.shape[1:] == (reads, reads, 1) and views.output.shape[-1] == 16
+    assert views.get_layer("stem_conv") is model.get_layer("stem_conv")  # training the views trains the model
+
+
 @pytest.mark.parametrize("options, gpus, workers, pretrain, own_encoder", [
     ({}, 0, 1, "simclr", True),  # the CPU recipe
     ({"backbone": "small_cnn", "pretrain": "none"}, 0, 1, "none", False),
@@ -97,6 +122,7 @@ def test_pretraining_resolves_by_recipe(tmp_path, options, gpus, workers, pretra
     ({"pretrain_epochs": 0}, "pretrain_epochs must be >= 1"),
     ({"pretrain_min_crop": 0}, r"pretrain_min_crop must be in \(0, 1\]"),
     ({"pretrain_min_crop": 1.5}, r"pretrain_min_crop must be in \(0, 1\]"),
+    ({"pretrain_view_res": "half"}, "pretrain_view_res must be one of"),
 ])
 def test_bad_pretraining_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
@@ -107,6 +133,8 @@ def test_a_config_saved_before_pretraining_trained_without_it():
     saved = {key: value for key, value in TrainConfig(backbone="small_cnn").to_json().items()
              if key not in ("pretrain", "pretrain_epochs")}
     assert TrainConfig.from_json(saved).pretrain == "none"
+    saved = {key: value for key, value in TrainConfig().to_json().items() if key != "pretrain_view_res"}
+    assert TrainConfig.from_json(saved).pretrain_view_res == "input"
 
 
 # ---------------------------------------------------------------- a run that pretrains, end to end
@@ -183,6 +211,31 @@ def test_a_changed_key_pretrains_again(pretrained_run, records, tmp_path):
     ensure_encoder(milder, {"sha256": "b"}, log=lines.append)
     assert lines[-1].startswith("Pretraining epoch")
     assert json.loads(RunDir(config.run_path).encoder_key.read_text())["key"]["settings"]["min_crop_area"] == 0.6
+    # input views keep the keys of encoders made before the option; model views are another encoder
+    assert "view_res" not in pretrain_key(milder, {"sha256": "b"})["settings"]
+    ensure_encoder(dataclasses.replace(milder, pretrain_view_res="model"), {"sha256": "b"}, log=lines.append)
+    assert lines[-1].startswith("Pretraining epoch")
+    assert json.loads(RunDir(config.run_path).encoder_key.read_text())["key"]["settings"]["view_res"] == "model"
+
+
+def test_a_run_pretrains_on_views_at_model_px(records, tmp_path):
+    from bnp_cxr.cli.train import build_parser
+    from bnp_cxr.training.arguments import training_options
+
+    args = build_parser().parse_args(["--records", str(records), "--run-dir", str(tmp_path / "run"), "--size",
+                                      str(SIZE), "--model-px", str(SIZE // 2), "--pretrain-view-res", "model",
+                                      "--widths", "8", "16", "--epochs", "1", "--batch-size", "8", "--members", "1",
+                                      "--pretrain-epochs", "2", "--no-evaluate"])
+    result = train(make_config(training_options(args)), verbose=0, log=lambda _: None)
+    run = RunDir(result.run_dir)
+    assert json.loads(run.config.read_text())["pretrain_view_res"] == "model"
+    assert json.loads(run.encoder_key.read_text())["key"]["settings"]["view_res"] == "model"
+    keras.utils.set_random_seed(result.config.seed)  # the initialisation the pretraining started from
+    start = build_model("small_cnn", SIZE, model_px=SIZE // 2, widths=(8, 16))
+    encoder = load_model(run.encoder)
+    assert encoder.input.shape[1:] == (SIZE, SIZE, 1)  # saved whole: the supervised model loads it by layer name
+    for name in ("stem_conv", "block2_conv2"):  # the views trained the saved model's layers
+        assert not np.allclose(encoder.get_layer(name).get_weights()[0], start.get_layer(name).get_weights()[0])
 
 
 def test_pretraining_across_workers_is_refused(records, tmp_path):
