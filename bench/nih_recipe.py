@@ -79,8 +79,7 @@ RECIPES: dict[str, dict] = {
     "default_no_site": {"site_augment": False, **SCRATCH},
     # the default with longer SimCLR pretraining (100 passes over the train and val images instead of 60)
     "pretrain100": {"pretrain_epochs": 100},
-    # the default fine-tuning its pretrained encoder at a third of the learning rate (3e-4 instead of 1e-3)
-    "finetune_lr3e-4": {"lr": 3e-4},
+    "finetune_lr3e-4": {"lr": 3e-4},  # the default fine-tuning its pretrained encoder at a third of the rate
     # the default with auxiliary heads on the 15 NIH finding columns (training.findings, finding BCE weight 1):
     # features that tell heart-failure signs from the pneumonia and consolidation they are confused with
     "finding_heads": {"finding_loss_weight": 1.0},
@@ -112,9 +111,10 @@ RECIPES: dict[str, dict] = {
     "l1_balanced": {"loss": "l1_balanced"},
     "pretrain40": {"pretrain_epochs": 40},  # a third less pretraining (the 45 min budget on slower CPUs)
     "train_on_val": {"train_on_val": True},  # the default also fitting the val images (keep last: val picks nothing)
-    "hold_out_val": {"train_on_val": False},  # = the default, named: paired against train_on_val (--encoder-from)
+    "hold_out_val": {"train_on_val": False},  # the default, named: paired against train_on_val (--encoder-from)
     "dropout0": {"dropout": 0.0}, "dropout0.5": {"dropout": 0.5},  # dropout before the output (default 0.2)
-    "views_model_px": {"pretrain_view_res": "model"},  # pretraining views made at model_px (a cheaper SimCLR step)
+    # pretraining views made at model_px (the default since nih_views_model_px_256.json) / at --size (before)
+    "views_model_px": {"pretrain_view_res": "model"}, "views_input": {"pretrain_view_res": "input"},
 }
 # The pretraining cohort of phantom_init: 1,600 full-size phantom DICOMs under work/ (several GB).
 PHANTOM_PRETRAIN = {"n_images": 1600, "n_patients": 1400, "seed": 1}

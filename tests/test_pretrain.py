@@ -14,7 +14,7 @@ from bnp_cxr.models import build_model, load_model
 from bnp_cxr.training import make_config, resolve, train
 from bnp_cxr.training.config import TrainConfig
 from bnp_cxr.training.pretrain import (PRETRAIN, PretrainConfig, contrastive_view, ensure_encoder, nt_xent,
-                                       pretrain_key, unlabelled_images, view_encoder)
+                                       pretrain_key, run_settings, unlabelled_images, view_encoder)
 from bnp_cxr.workspace import RunDir
 
 SIZE = 64
@@ -212,10 +212,13 @@ def test_a_changed_key_pretrains_again(pretrained_run, records, tmp_path):
     assert lines[-1].startswith("Pretraining epoch")
     assert json.loads(RunDir(config.run_path).encoder_key.read_text())["key"]["settings"]["min_crop_area"] == 0.6
     # input views keep the keys of encoders made before the option; model views are another encoder
-    assert "view_res" not in pretrain_key(milder, {"sha256": "b"})["settings"]
-    ensure_encoder(dataclasses.replace(milder, pretrain_view_res="model"), {"sha256": "b"}, log=lines.append)
-    assert lines[-1].startswith("Pretraining epoch")
-    assert json.loads(RunDir(config.run_path).encoder_key.read_text())["key"]["settings"]["view_res"] == "model"
+    inputs, models = (dataclasses.replace(milder, pretrain_view_res=res) for res in ("input", "model"))
+    assert "view_res" not in pretrain_key(inputs, {"sha256": "b"}, run_settings(inputs))["settings"]
+    for made in (inputs, models, inputs):
+        ensure_encoder(made, {"sha256": "b"}, log=lines.append)
+        assert lines[-1].startswith("Pretraining epoch")
+        assert json.loads(RunDir(config.run_path).encoder_key.read_text())["key"]["settings"].get(
+            "view_res", "input") == made.pretrain_view_res
 
 
 def test_a_run_pretrains_on_views_at_model_px(records, tmp_path):

@@ -52,7 +52,10 @@ PRETRAIN_METHODS = ("none", "simclr")
 CPU_PRETRAIN = "simclr"
 # The resolution of the pretraining's views (training.pretrain.contrastive_view): "input" = --size, area-averaged to
 # model_px inside the model as every supervised input is; "model" = cropped from the --size images and resized
-# straight to model_px, where the backbone reads them, without the model's downsampling (a cheaper step).
+# straight to model_px, where the backbone reads them, without the model's downsampling (a cheaper step). On the
+# NIH folds at 256 px, model views scored 0.785 +- 0.048 against 0.786 +- 0.053 (paired -0.001), their pretraining
+# 8.6-8.7 min per fold against 10.2-10.7 (bench/nih_recipe.py --size 256 --recipes views_model_px --name
+# nih_views_model_px_256, bench/results/nih_views_model_px_256.json; README).
 PRETRAIN_VIEW_RESOLUTIONS = ("input", "model")
 # The CPU recipe holds its val images out (TrainConfig.train_on_val off): fitting them too gained nothing measurable
 # on NIH (paired +0.005 from 40-epoch encoders, bench/results/nih_train_on_val_256.json; about 0 from the default's
@@ -127,7 +130,7 @@ class TrainConfig:
     pretrain: str | None = None
     pretrain_epochs: int = 60  # passes over the train and val images and any pretrain_extra (training.pretrain)
     pretrain_min_crop: float = 0.35  # a view is a random crop of at least this fraction of the image's area
-    pretrain_view_res: str = "input"  # the views' resolution (PRETRAIN_VIEW_RESOLUTIONS)
+    pretrain_view_res: str = "model"  # the views' resolution (PRETRAIN_VIEW_RESOLUTIONS)
     # records folders of other radiographs (every split, labels unread) that join the pretraining's own train and
     # val images: an archive's films without lab results; images of this run's test patients are left out
     pretrain_extra: tuple[str, ...] = ()

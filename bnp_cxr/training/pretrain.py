@@ -266,13 +266,18 @@ def pretrain_key(config: TrainConfig, data: dict, settings: PretrainConfig = PRE
                                   **(extra if config.pretrain_extra else {}), "settings": named}))
 
 
+def run_settings(config: TrainConfig, settings: PretrainConfig = PRETRAIN) -> PretrainConfig:
+    """The settings with the run's own choices of them put in (its smallest crop, its views' resolution)."""
+    return dataclasses.replace(settings, min_crop_area=config.pretrain_min_crop, view_res=config.pretrain_view_res)
+
+
 def ensure_encoder(config: TrainConfig, data: dict, *, workers: int = 1, settings: PretrainConfig = PRETRAIN,
                    log: Callable[[str], None] = print) -> None:
     """Make the pretrained encoder a resolved config's weights point to when this run owns it (its own
     RunDir.encoder), reusing one made under the same key; a member reads its ensemble's, which must exist."""
     if config.pretrain == "none":
         return
-    settings = dataclasses.replace(settings, min_crop_area=config.pretrain_min_crop, view_res=config.pretrain_view_res)
+    settings = run_settings(config, settings)
     weights, own = Path(os.path.abspath(config.weights)), Path(os.path.abspath(RunDir(config.run_path).encoder))
     if weights != own:
         if not weights.is_file():
