@@ -99,6 +99,14 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
                          help="the resolution the model reads: larger images are area-averaged down to it inside "
                               "the model (a whole factor; heatmaps stay at --size); at or above --size, the full "
                               f"size (default: {CPU_MODEL_PX} with the CPU backbone, the full size otherwise)")
+    options.add_argument("--widths", type=int, nargs="+", metavar="C",
+                         help=f"channels of the small CNN's conv blocks, one per block (default: "
+                              f"{' '.join(map(str, SMALL_CNN_WIDTHS))})")
+    _add_pretrain_arguments(options, d)
+
+
+def _add_pretrain_arguments(options, d: TrainConfig) -> None:
+    """The self-supervised pretraining's options (training.pretrain)."""
     options.add_argument("--pretrain", choices=PRETRAIN_METHODS,
                          help="self-supervised pretraining of the backbone on the train and val images (no labels) "
                               "before training; simclr: contrastive views, saved as pretrain/encoder.keras in the run "
@@ -119,9 +127,6 @@ def _add_recipe_arguments(options, d: TrainConfig) -> None:
                          help="records folders (tools/make_tfrecords.py at --size) of other radiographs whose images, "
                               "every split and without their labels, join the pretraining: e.g. an archive's films "
                               "without lab results; images of this run's test patients are left out (default: none)")
-    options.add_argument("--widths", type=int, nargs="+", metavar="C",
-                         help=f"channels of the small CNN's conv blocks, one per block (default: "
-                              f"{' '.join(map(str, SMALL_CNN_WIDTHS))})")
 
 
 def training_options(args: argparse.Namespace) -> dict:
