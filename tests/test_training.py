@@ -1,6 +1,7 @@
 """Training: masked loss and metrics, TrainConfig resolution, run folder, resume, and the train.py CLI."""
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -288,6 +289,15 @@ def test_config_json_round_trip_and_identity_mismatches():
     assert (TrainConfig.from_json(saved).model_px, TrainConfig.from_json(saved).widths) == (256, (24, 48, 96, 160))
     assert TrainConfig.from_json({**saved, "backbone": "resnet50"}).widths is None
     assert identity_mismatches(TrainConfig(widths=(8,)), TrainConfig(widths=(8, 16))) == ["widths: (8,) -> (8, 16)"]
+    # a run saved before the views' resolution existed pretrained on views at --size; without pretraining the
+    # pretraining's settings are not part of what a run learnt
+    before = TrainConfig.from_json({key: value for key, value in TrainConfig(pretrain="simclr").to_json().items()
+                                    if key != "pretrain_view_res"})
+    assert identity_mismatches(before, TrainConfig(pretrain="simclr")) == ["pretrain_view_res: 'input' -> 'model'"]
+    assert identity_mismatches(dataclasses.replace(before, pretrain="none"),
+                               TrainConfig(pretrain="none", pretrain_epochs=10)) == []
+    assert identity_mismatches(TrainConfig(pretrain="none"), TrainConfig(pretrain="simclr")) == [
+        "pretrain: 'none' -> 'simclr'"]
 
 
 @pytest.mark.parametrize("tf_config, n_gpus, expected", [

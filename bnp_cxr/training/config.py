@@ -74,6 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 SAVED_BEFORE_WIDTHS = (24, 48, 96, 160)
 SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best", "members": 1, "site_augment": False, "pretrain": "none",
                         "train_on_val": False, "pretrain_view_res": "input"}
+PRETRAIN_SETTINGS = ("pretrain_epochs", "pretrain_min_crop", "pretrain_view_res", "pretrain_extra")
 # Options that define what a run learns: a resumed run must keep them (epochs may grow).
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
@@ -373,6 +374,8 @@ def dtype_policy(config: TrainConfig) -> str:
 
 
 def identity_mismatches(saved: TrainConfig, current: TrainConfig) -> list[str]:
-    """The identity options in which a resumed run differs from the one it continues."""
+    """The identity options in which a resumed run differs from the one it continues (the pretraining's settings
+    only where either pretrains: a run without pretraining never used them)."""
+    unused = PRETRAIN_SETTINGS if saved.pretrain == current.pretrain == "none" else ()
     return [f"{name}: {getattr(saved, name)!r} -> {getattr(current, name)!r}" for name in IDENTITY_FIELDS
-            if getattr(saved, name) != getattr(current, name)]
+            if name not in unused and getattr(saved, name) != getattr(current, name)]
