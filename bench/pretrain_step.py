@@ -27,6 +27,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from common import report  # noqa: E402
 
+from bnp_cxr.training.config import PRETRAIN_VIEW_RESOLUTIONS  # noqa: E402  (no TensorFlow: the rows' processes load it)
+
 ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
 
 
@@ -82,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--isas", nargs="+", default=["default", "AVX2"],
                         help=f"{ISA_VARIABLE} values, one row each; 'default' leaves it unset (all the CPU has)")
-    parser.add_argument("--view-res", nargs="+", default=["input"], choices=["input", "model"],
+    parser.add_argument("--view-res", nargs="+", default=["input"], choices=PRETRAIN_VIEW_RESOLUTIONS,
                         help="the views' resolution (TrainConfig.pretrain_view_res), one row each per ISA")
     parser.add_argument("--size", type=int, default=256, help="image size, px (the records' size)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per row, after one warm-up")

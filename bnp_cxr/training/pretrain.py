@@ -42,9 +42,9 @@ class PretrainConfig:
     batch_size: int = 128  # images per step (2x views); smaller sets use all their images in one batch
     temperature: float = 0.2
     lr: float = 2e-3
-    # a random crop of at least this fraction of the image, resized back (ensure_encoder puts the run's in)
+    # a random crop of at least this fraction of the image, resized back (run_settings puts the run's in)
     min_crop_area: float = TrainConfig.pretrain_min_crop
-    view_res: str = TrainConfig.pretrain_view_res  # PRETRAIN_VIEW_RESOLUTIONS (ensure_encoder puts the run's in)
+    view_res: str = TrainConfig.pretrain_view_res  # PRETRAIN_VIEW_RESOLUTIONS (run_settings puts the run's in)
     max_log_aspect: float = math.log(4 / 3)
     gamma_range: tuple[float, float] = (0.6, 1.6)
     contrast_range: tuple[float, float] = (0.6, 1.4)
@@ -210,13 +210,14 @@ def view_encoder(model, settings: PretrainConfig = PRETRAIN):
 def pretrain_encoder(config: TrainConfig, out: Path, settings: PretrainConfig = PRETRAIN,
                      log: Callable[[str], None] = print) -> dict:
     """SimCLR-pretrain the resolved config's backbone on its records' train and val images; save the encoder
-    (input to global pool, the supervised model's layer names) as `out`; returns the last epoch's loss and
-    accuracy."""
+    (input to global pool, the supervised model's layer names) as `out`, with the run's own choices of the settings
+    (run_settings); returns the last epoch's loss and accuracy."""
     import keras
     import tensorflow as tf
 
     from bnp_cxr.models import POOL_NAME, build_model
 
+    settings = run_settings(config, settings)
     images, extra = pretraining_images(config, log)
     n = len(images)
     batch = min(settings.batch_size, n)
@@ -253,14 +254,15 @@ def pretrain_encoder(config: TrainConfig, out: Path, settings: PretrainConfig = 
 
 
 def pretrain_key(config: TrainConfig, data: dict, settings: PretrainConfig = PRETRAIN) -> dict:
-    """What an encoder depends on: the records' data, the architecture, the standardisation, the seed, the settings."""
+    """What an encoder depends on: the records' data, the architecture, the standardisation, the seed, the settings
+    (with the run's own choices of them, run_settings)."""
     from bnp_cxr.records.reader import data_fingerprint
 
     fields = ("size", "backbone", "model_px", "widths", "standardize", "seed", "pretrain", "pretrain_epochs")
     # Only a run with extra folders gets the field, so encoders made before the option keep their keys.
     extra = {"extra_sha256": [data_fingerprint(folder, config.size)["sha256"] for folder in config.pretrain_extra]}
     # Likewise the views' resolution: only "model" views, the later option, are named in the settings.
-    named = {key: value for key, value in dataclasses.asdict(settings).items()
+    named = {key: value for key, value in dataclasses.asdict(run_settings(config, settings)).items()
              if key != "view_res" or value != "input"}
     return json.loads(json.dumps({"data_sha256": data["sha256"], **{name: getattr(config, name) for name in fields},
                                   **(extra if config.pretrain_extra else {}), "settings": named}))
@@ -277,7 +279,6 @@ def ensure_encoder(config: TrainConfig, data: dict, *, workers: int = 1, setting
     RunDir.encoder), reusing one made under the same key; a member reads its ensemble's, which must exist."""
     if config.pretrain == "none":
         return
-    settings = run_settings(config, settings)
     weights, own = Path(os.path.abspath(config.weights)), Path(os.path.abspath(RunDir(config.run_path).encoder))
     if weights != own:
         if not weights.is_file():
