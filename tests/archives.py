@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -12,6 +15,17 @@ import numpy as np
 from bnp_cxr.workspace import RunDir
 
 SMALL_CNN_SIZE = 32  # px: the input size of conftest's `model` fixture
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_documented_tool(tool: str, *args: str, cwd: Path, salt: str) -> subprocess.CompletedProcess:
+    """Run tools/`tool` as a user would, with `salt` as the site secret; asserts that it succeeded."""
+    env = {**os.environ, "BNP_CXR_SALT": salt, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("BNP_CXR_SALT_FILE", None)
+    done = subprocess.run([sys.executable, str(REPO / "tools" / tool), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{tool} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
 
 
 def png_records(root: Path, out: Path, header: str, entries: Iterable[tuple[str, np.ndarray, str]],

@@ -8,17 +8,16 @@ import gzip
 import io
 import json
 import math
-import os
-import subprocess
-import sys
 from collections import Counter
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import pytest
 from mimic_archive import N_PATIENTS, TIE_SCENARIO, write_mini_mimic
 from phi import identifier_patterns, scan_tree
 
+from archives import run_documented_tool
 from bnp_cxr.cli import make_manifest
 from bnp_cxr.data.manifest import ManifestConfig, SplitConfig, load_manifest
 from bnp_cxr.data.sources import SOURCES
@@ -269,13 +268,7 @@ def test_the_cli_prints_the_flow_and_refuses_a_missing_folder(mini, tmp_path, ca
 
 # ---------------------------------------------------------------- builder -> make_tfrecords -> train -> evaluate
 
-def run_tool(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BNP_CXR_SALT": SALT, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("BNP_CXR_SALT_FILE", None)
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / tool), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"{tool} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
+run_tool = partial(run_documented_tool, salt=SALT)
 
 
 @pytest.mark.slow

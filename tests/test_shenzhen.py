@@ -3,15 +3,14 @@
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from archives import run_documented_tool
 from bnp_cxr.data.manifest import load_manifest
 from bnp_cxr.data.sources.common import link_dataset
 from bnp_cxr.data.sources.common import STAND_IN_PG_ML as SHENZHEN_STAND_IN_PG_ML
@@ -158,12 +157,7 @@ SIZE, EPOCHS, PRETRAIN_EPOCHS = 128, 10, 20
 MIN_AUC, MIN_AUC_CI_LOW = 0.70, 0.55
 
 
-def run_tool(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BNP_CXR_SALT": "shenzhen-test", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, str(REPO / "tools" / tool), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"{tool} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
+run_tool = partial(run_documented_tool, salt="shenzhen-test")
 
 
 @pytest.mark.slow

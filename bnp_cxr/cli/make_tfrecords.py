@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                         default=SPLIT_FRACTIONS,
                         help=f"patient-level hashed split of the rows without a split column (default: "
                              f"{default_split}); e.g. 0.875 0.125 0 trains a final model on every patient, its val "
-                             "split only monitoring, and scores it on another set's records (evaluate.py --records)")
+                             "split only monitoring, and scores it on another set's records (evaluate.py --records); "
+                             "1 0 0 fits every patient with no val split (runs that keep their last epoch)")
     parser.add_argument("--window-hours", type=float, default=24.0,
                         help="labs table pairing: nearest lab within +-H hours of the study (default: %(default)s)")
     parser.add_argument("--bnpp-threshold", type=float, default=BNPP_THRESHOLD_PG_ML,

@@ -41,12 +41,14 @@ def train_ensemble(config: TrainConfig, cluster: Cluster, notes: list[str], *, c
                    verbose: int | str = 1, log: Callable[[str], None] = print):
     """Train (or resume) every member of a resolved config with members > 1, then save the averaged model."""
     from bnp_cxr.models import ensemble_model, load_model
+    from bnp_cxr.training.inputs import check_val_split
     from bnp_cxr.training.loop import TrainResult, check_run_dir, data_fingerprint, session_record, train
     from bnp_cxr.training.pretrain import ensure_encoder
 
     run_dir = Path(config.run_dir)
     # The parent's own check (a folder in use, changed settings or data on --resume); members check theirs.
     data = data_fingerprint(config.records_dir, config.size)
+    check_val_split(config, data)  # before the pretraining, which every member would then wait for in vain
     if cluster.chief:
         saved = check_run_dir(config, data, chief=True, backup=cluster.backup)
         sessions = [*(saved or {}).get("sessions", []), session_record(config)]

@@ -55,9 +55,25 @@ def fit_image_count(config: TrainConfig, fingerprint: dict) -> int:
     return sum(fingerprint["images"][split] for split in fit_splits(config))
 
 
+def check_val_split(config: TrainConfig, fingerprint: dict) -> None:
+    """A ValueError when the run needs val records its records folder lacks (keep "best" or train_on_val).
+
+    With keep "last" (the CPU default) val only monitors the training, so records made with no val split
+    (make_tfrecords --split-fractions 1 0 0: every film fits) train without it.
+    """
+    if fingerprint["images"]["val"]:
+        return
+    where = f"no val records at {config.size} px in {config.records_dir}"
+    if config.keep == "best":
+        raise ValueError(f"{where}: keep 'best' picks the epoch of lowest val loss; make records with a val split "
+                         "(make_tfrecords --split-fractions, e.g. 0.875 0.125 0) or pass --keep last")
+    if config.train_on_val:
+        raise ValueError(f"{where}: --train-on-val has no val images to fit; leave it off")
+
+
 def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_workers: int, epochs: int):
-    """(train dataset repeated for `epochs` epochs, val dataset, train steps per epoch, val images left out each
-    epoch)."""
+    """(train dataset repeated for `epochs` epochs, val dataset or None where the records have no val split, train
+    steps per epoch, val images left out each epoch)."""
     import tensorflow as tf
 
     from bnp_cxr.records.augment import SITE_AUGMENT, AugmentConfig
@@ -77,16 +93,16 @@ def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_worke
         train = tf.data.Dataset.zip((train, seeds)).map(
             lambda batch, seed: mixup_batch(batch[0], batch[1], seed, config.mixup),
             num_parallel_calls=tf.data.AUTOTUNE)
-    val_batch, left_out = val_batching(n_val, config.batch_size, replicas)
-    try:
+    check_val_split(config, fingerprint)
+    val, left_out = None, 0
+    if n_val:
+        val_batch, left_out = val_batching(n_val, config.batch_size, replicas)
         val = make_dataset(config.records_dir, "val", config.size, batch_size=val_batch, cache=config.cache,
                            deterministic=True, drop_remainder=left_out > 0, standardize=config.standardize,
                            finding_targets=findings)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"{error}; training needs a val split to pick the best epoch") from None
-    # A known length: Keras then reads the val set whole each epoch without probing past its end.
-    val = val.apply(tf.data.experimental.assert_cardinality(n_val // val_batch if left_out else
-                                                            math.ceil(n_val / val_batch)))
+        # A known length: Keras then reads the val set whole each epoch without probing past its end.
+        val = val.apply(tf.data.experimental.assert_cardinality(n_val // val_batch if left_out else
+                                                                math.ceil(n_val / val_batch)))
     if n_workers > 1:
         # Batches are global: the strategy splits each into per-replica batches (tf.distribute input docs).
         # Sharding by DATA: every worker reads every record and keeps its share of each batch. FILE sharding
@@ -96,7 +112,7 @@ def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_worke
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         options.deterministic = True
-        train, val = train.with_options(options), val.with_options(options)
+        train, val = train.with_options(options), val.with_options(options) if val is not None else None
     steps = n_train // config.batch_size if drop else 1
     # Repeated with explicit steps: Keras then never probes past the end of an epoch of unknown length
     # (which costs an optimizer step count per epoch) and every worker runs the same number of steps.

@@ -33,7 +33,7 @@ from bnp_cxr.training.cluster import (BACKUP_DIR, Cluster, agree, patch_keras_fo
                                       start_strategy, strategy_kind)
 from bnp_cxr.workspace import RunDir
 from bnp_cxr.training.config import CONFIG_FILE, TrainConfig, dtype_policy, identity_mismatches, resolve
-from bnp_cxr.training.inputs import fit_image_count, fit_splits, make_datasets, val_batching
+from bnp_cxr.training.inputs import check_val_split, fit_image_count, fit_splits, make_datasets, val_batching
 from bnp_cxr.training.optimizers import learning_rate, make_optimizer
 from bnp_cxr.training.pretrain import ensure_encoder
 
@@ -73,12 +73,13 @@ def library_versions() -> dict[str, str]:
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
-    """Rows of a CSVLogger file as floats (epoch as int); [] when absent."""
+    """Rows of a CSVLogger file as floats (epoch as int; NaN where CSVLogger wrote NA: a run without val records
+    has no val_ values); [] when absent."""
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
-        return [{key: int(value) if key == "epoch" else float(value) for key, value in row.items()}
-                for row in csv.DictReader(handle)]
+        return [{key: int(value) if key == "epoch" else math.nan if value in ("NA", "") else float(value)
+                 for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
 def _trim_history(path: Path, completed_epochs: int) -> None:
@@ -181,9 +182,10 @@ def _preflight(config: TrainConfig, cluster: Cluster) -> tuple[dict, dict | None
         from bnp_cxr.training.findings import finding_columns
 
         finding_columns(config.records_dir)
+    check_val_split(config, fingerprint)
     replicas = cluster.replicas
     if replicas > 1 and (config.batch_size % replicas or images["train"] < config.batch_size
-                         or images["val"] < replicas):
+                         or 0 < images["val"] < replicas):
         raise ValueError(f"batch_size {config.batch_size} is global (split across {replicas} replicas): it must "
                          "be a multiple of the replicas and at most the number of train images, and the val "
                          "split needs an image per replica")

@@ -58,9 +58,12 @@ PRETRAIN = PretrainConfig()
 
 
 def unlabelled_images(config: TrainConfig) -> np.ndarray:
-    """The train and val images of a resolved config's records, standardised as the run's model reads them
-    (float16 [N, size, size, 1]; read once: CLAHE per image and epoch would cost more than the network)."""
-    return np.concatenate([_read_images(config, config.records_dir, split)[0] for split in PRETRAIN_SPLITS])
+    """The train and val images of a resolved config's records (val where it has one), standardised as the run's
+    model reads them (float16 [N, size, size, 1]; read once: CLAHE per image and epoch would cost more than the
+    network)."""
+    splits = [split for split in PRETRAIN_SPLITS
+              if split == "train" or list(Path(config.records_dir).glob(shard_glob(split, config.size)))]
+    return np.concatenate([_read_images(config, config.records_dir, split)[0] for split in splits])
 
 
 def _read_images(config: TrainConfig, records_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
