@@ -343,6 +343,24 @@ def test_jpeg_read(tmp_path):
     assert np.abs(radiograph.pixels - image).mean() < 2  # lossy codec: close, not exact
 
 
+@pytest.mark.parametrize("orientation, upright", [
+    (1, lambda image: image), (3, lambda image: np.rot90(image, 2)),
+    (6, lambda image: np.rot90(image, -1)), (8, lambda image: np.rot90(image, 1)),  # 90 degrees clockwise / anti
+])
+def test_jpeg_is_read_upright_by_its_exif_orientation(tmp_path, orientation, upright):
+    from PIL import Image
+
+    image = np.tile(np.linspace(0, 255, 64, dtype=np.float32), (48, 1)).astype(np.uint8)
+    image[:8] = 255  # a bright top edge: no rotation or flip maps the image onto itself
+    picture = Image.fromarray(image, "L")
+    exif = picture.getexif()
+    exif[0x0112] = orientation  # EXIF Orientation: how a viewer turns the stored pixels to show them
+    picture.save(tmp_path / "film.jpg", exif=exif, quality=100)
+    pixels = read_radiograph(tmp_path / "film.jpg").pixels
+    expected = upright(image)
+    assert pixels.shape == expected.shape and np.abs(pixels - expected).mean() < 2
+
+
 @pytest.mark.parametrize("channels, colourful, reason", [(3, False, None), (3, True, "colour"),
                                                          (4, False, None), (4, True, "colour")])
 def test_colour_png(tmp_path, channels, colourful, reason):

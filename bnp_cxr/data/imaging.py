@@ -362,12 +362,16 @@ def _bitmap_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _read_bitmap(data: bytes, path, max_pixels: int) -> Radiograph:
-    """Decode PNG (8/16-bit) or JPEG with OpenCV, keeping depth; grey stored as equal colour channels is accepted."""
+    """Decode PNG (8/16-bit) or JPEG (upright by its EXIF orientation) with OpenCV, keeping depth; grey stored as
+    equal colour channels is accepted."""
     kind = "PNG" if data.startswith(PNG_MAGIC) else "JPEG"
     size = _bitmap_size(data)
     if size is not None:
         _check_size(*size, max_pixels, path)
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    # JPEG: decoded upright, as viewers show it (EXIF orientation applied; a scanned or photographed film often
+    # carries one); IMREAD_UNCHANGED would ignore it. PNG: unchanged, keeping an alpha channel to check.
+    flags = cv2.IMREAD_UNCHANGED if kind == "PNG" else cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if image is None:
         raise RadiographError("undecodable_pixels", f"OpenCV could not decode this {kind} ({len(data)} bytes)",
                               path)
