@@ -105,6 +105,7 @@ def test_every_real_nih_film_trains_a_model_that_scores_other_records(tmp_path):
     trained = run_tool("train.py", "--records", "all/records", "--size", "64", "--members", "1", "--epochs", "2",
                        "--pretrain-epochs", "1", "--run-dir", "run", "--verbose", "0", cwd=tmp_path)
     assert "120 train images at 64 px" in trained.stdout and "no test split" in trained.stderr
+    assert "Pretraining the small_cnn on the train images without their labels" in trained.stdout
     assert json.loads(RunDir(tmp_path / "run").encoder_key.read_text())["images"] == 120
     run_tool("make_manifest.py", "nih", str(dataset), "--out", "scored", "--split", "test", cwd=tmp_path)
     run_tool("make_tfrecords.py", "--manifest", "scored/manifest.csv", "--out", "scored/records", "--sizes", "64",

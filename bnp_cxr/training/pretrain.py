@@ -57,13 +57,17 @@ class PretrainConfig:
 PRETRAIN = PretrainConfig()
 
 
+def pretrain_splits(config: TrainConfig) -> list[str]:
+    """The splits of PRETRAIN_SPLITS a resolved config's records hold at its size (train always: its absence is an
+    error when read; val only where made, as records for a run that keeps its last epoch may have none)."""
+    return [split for split in PRETRAIN_SPLITS
+            if split == "train" or list(Path(config.records_dir).glob(shard_glob(split, config.size)))]
+
+
 def unlabelled_images(config: TrainConfig) -> np.ndarray:
-    """The train and val images of a resolved config's records (val where it has one), standardised as the run's
-    model reads them (float16 [N, size, size, 1]; read once: CLAHE per image and epoch would cost more than the
-    network)."""
-    splits = [split for split in PRETRAIN_SPLITS
-              if split == "train" or list(Path(config.records_dir).glob(shard_glob(split, config.size)))]
-    return np.concatenate([_read_images(config, config.records_dir, split)[0] for split in splits])
+    """The images of a resolved config's pretrain_splits, standardised as the run's model reads them (float16
+    [N, size, size, 1]; read once: CLAHE per image and epoch would cost more than the network)."""
+    return np.concatenate([_read_images(config, config.records_dir, split)[0] for split in pretrain_splits(config)])
 
 
 def _read_images(config: TrainConfig, records_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -296,7 +300,7 @@ def ensure_encoder(config: TrainConfig, data: dict, *, workers: int = 1, setting
     if own.is_file() and record.is_file() and json.loads(record.read_text()).get("key") == key:
         log(f"Pretrained encoder reused: {own}")
         return
-    log(f"Pretraining the {config.backbone} on the {' and '.join(PRETRAIN_SPLITS)} images without their labels "
+    log(f"Pretraining the {config.backbone} on the {' and '.join(pretrain_splits(config))} images without their labels "
         f"({config.pretrain}, {config.pretrain_epochs} epochs) into {own}")
     summary = pretrain_encoder(config, own, settings, log)
     write_json(record, {"key": key, **summary})
