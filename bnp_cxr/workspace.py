@@ -6,6 +6,8 @@ relative to the current directory, as the documented commands are run from the p
 
 from __future__ import annotations
 
+import csv
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +107,16 @@ class RunDir:
     def is_trained(self) -> bool:
         """Whether the folder holds a model and its config (a finished or interrupted run)."""
         return self.model.is_file() and self.config.is_file()
+
+
+def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
+    """Rows of a run's history.csv (Keras CSVLogger) as floats (epoch as int; NaN where CSVLogger wrote NA: a run
+    without val records has no val_ values); [] when absent."""
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [{key: int(value) if key == "epoch" else math.nan if value in ("NA", "") else float(value)
+                 for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
 def parse_sizes(values: list[str]) -> tuple[int, ...]:

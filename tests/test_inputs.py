@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from archives import heart_records, run_documented_tool
-from bnp_cxr.evaluation.report_sections import _history_value
 from bnp_cxr.training import make_config, resolve, train
 from bnp_cxr.training.inputs import check_val_split, make_datasets
-from bnp_cxr.training.loop import data_fingerprint, read_history
-from bnp_cxr.workspace import RunDir
+from bnp_cxr.training.loop import data_fingerprint
+from bnp_cxr.workspace import RunDir, read_history
 
 REPO = Path(__file__).resolve().parents[1]
 NIH = REPO.parent / "shared" / "data" / "nih"
@@ -74,14 +73,11 @@ def test_the_default_trains_without_val_records_on_every_train_image(records, tm
 
 @pytest.mark.parametrize("value, expected", [("0.25", 0.25), ("NA", math.nan), ("", math.nan), (None, math.nan)])
 def test_history_values_written_as_na_read_as_nan(tmp_path, value, expected):
-    row = {} if value is None else {"val_loss": value}
-    got = _history_value(row, "val_loss")
-    assert got == expected or (math.isnan(got) and math.isnan(expected))
-    if value is not None:
-        path = tmp_path / "history.csv"
-        path.write_text(f"epoch,loss,val_loss\n0,0.5,{value}\n")
-        read = read_history(path)[0]["val_loss"]
-        assert read == expected or (math.isnan(read) and math.isnan(expected))
+    """workspace.read_history, which training and the run report share (None: a history without the column)."""
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss\n0,0.5\n" if value is None else f"epoch,loss,val_loss\n0,0.5,{value}\n")
+    read = read_history(path)[0].get("val_loss", math.nan)  # as the report's model section looks it up
+    assert read == expected or (math.isnan(read) and math.isnan(expected))
 
 
 run_tool = partial(run_documented_tool, salt="no-val-test")

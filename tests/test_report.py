@@ -296,7 +296,7 @@ def test_the_validation_loss_is_called_in_sample_when_the_val_images_were_fitted
 
     config = {"backbone": "small_cnn", "size": 64, "keep": "last",
               **({} if train_on_val is None else {"train_on_val": train_on_val})}  # None: saved before the option
-    blocks = model_section(SimpleNamespace(config=config, history=[{"val_loss": "0.5"}, {"val_loss": "0.4"}]))
+    blocks = model_section(SimpleNamespace(config=config, history=[{"val_loss": 0.5}, {"val_loss": 0.4}]))
     text = " ".join(str(block[-1]) for block in blocks if block[0] == "p")
     assert "best validation loss 0.4" in text and "at epoch 2" in text
     assert ("in-sample: the val images were fitted on too" in text) is says_in_sample

@@ -11,7 +11,6 @@ Everything in it carries pseudonymous IDs only, as those files do.
 
 from __future__ import annotations
 
-import csv
 import importlib
 import json
 import os
@@ -24,7 +23,7 @@ import pandas as pd
 
 from bnp_cxr.evaluation import report_render, report_sections
 from bnp_cxr.files import atomic_path, write_json
-from bnp_cxr.workspace import RECORDS_DIR, RunDir
+from bnp_cxr.workspace import RECORDS_DIR, RunDir, read_history
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 REPORT_STATE = "report.json"  # sections added by later stages and the command lines that touched the run
@@ -114,10 +113,7 @@ def gather(run_dir: str | os.PathLike) -> RunFacts:
     config = json.loads(run.config.read_text(encoding="utf-8"))
     metrics = json.loads(run.metrics.read_text(encoding="utf-8"))
     records_dir = Path(metrics.get("records_dir") or config.get("records_dir") or RECORDS_DIR)
-    history = []
-    if run.history.is_file():
-        with open(run.history, newline="", encoding="utf-8") as handle:
-            history = list(csv.DictReader(handle))
+    history = read_history(run.history)
     return RunFacts(run_dir=run.path, config=config, metrics=metrics, predictions=pd.read_csv(run.predictions),
                     records_dir=records_dir, summary=_read_json(records_dir / "summary.json"),
                     source=_read_json(records_dir / SOURCE_FILE), history=history, state=read_state(run.path))

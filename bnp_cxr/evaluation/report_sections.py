@@ -162,7 +162,7 @@ def model_section(facts) -> list:
                     f"Loss: {loss} on the log10 labs. The saved model is {kept}."],
               ["table", ["option", "value"], rows]]
     if facts.history:
-        losses = [_history_value(row, "val_loss") for row in facts.history]
+        losses = [row.get("val_loss", math.nan) for row in facts.history]
         best = int(np.nanargmin(losses)) if np.isfinite(losses).any() else None
         blocks.append(["p", f"{len(facts.history)} epochs run; best validation loss "
                             f"{_fmt(losses[best]) if best is not None else 'n/a'} at epoch "
@@ -170,13 +170,6 @@ def model_section(facts) -> list:
                             f"{' (in-sample: the val images were fitted on too)' if config.get('train_on_val') else ''}"
                             "."])
     return blocks
-
-
-def _history_value(row: dict, key: str) -> float:
-    """A history.csv value as a float; NaN where absent or NA (CSVLogger's blank: no val_ values without val
-    records)."""
-    value = row.get(key)
-    return math.nan if value in (None, "", "NA") else float(value)
 
 
 def metrics_section(facts) -> list:

@@ -184,9 +184,9 @@ def write_report(results: Sequence[Mapping], out_dir: str | Path, settings: Mapp
 
 def missing_records(records_dir: str | Path, sizes: Sequence[int]) -> dict[int, list[str]]:
     """{size: splits without shards} for every size missing at least one of train, val, test."""
-    from bnp_cxr.records.schema import shard_glob
+    from bnp_cxr.records.schema import has_shards
 
-    missing = {size: [split for split in SPLITS if not any(Path(records_dir).glob(shard_glob(split, size)))]
+    missing = {size: [split for split in SPLITS if not has_shards(records_dir, split, size)]
                for size in sizes}
     return {size: splits for size, splits in missing.items() if splits}
 

@@ -7,8 +7,10 @@ stored as raw little-endian uint16, row-major, height x width, intensity-windowe
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +27,11 @@ def shard_name(split: str, size: int, index: int, count: int) -> str:
 def shard_glob(split: str, size: int) -> str:
     """Glob matching every shard of a split at one size."""
     return f"{split}-{size}px-?????-of-?????.tfrecord"
+
+
+def has_shards(records_dir: str | os.PathLike, split: str, size: int) -> bool:
+    """Whether a records folder holds any shard of `split` at `size` px."""
+    return any(Path(records_dir).glob(shard_glob(split, size)))
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,6 @@ def make_datasets(config: TrainConfig, fingerprint: dict, replicas: int, n_worke
         train = tf.data.Dataset.zip((train, seeds)).map(
             lambda batch, seed: mixup_batch(batch[0], batch[1], seed, config.mixup),
             num_parallel_calls=tf.data.AUTOTUNE)
-    check_val_split(config, fingerprint)
     val, left_out = None, 0
     if n_val:
         val_batch, left_out = val_batching(n_val, config.batch_size, replicas)

@@ -31,7 +31,7 @@ from bnp_cxr.files import atomic_path, write_json
 from bnp_cxr.records.reader import count_records, data_fingerprint, read_summary
 from bnp_cxr.training.cluster import (BACKUP_DIR, Cluster, agree, patch_keras_for_multi_worker, settings_digest,
                                       start_strategy, strategy_kind)
-from bnp_cxr.workspace import RunDir
+from bnp_cxr.workspace import RunDir, read_history
 from bnp_cxr.training.config import CONFIG_FILE, TrainConfig, dtype_policy, identity_mismatches, resolve
 from bnp_cxr.training.inputs import check_val_split, fit_image_count, fit_splits, make_datasets, val_batching
 from bnp_cxr.training.optimizers import learning_rate, make_optimizer
@@ -70,16 +70,6 @@ def library_versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
             "numpy": numpy.__version__, "bnp_cxr": bnp_cxr.__version__}
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    """Rows of a CSVLogger file as floats (epoch as int; NaN where CSVLogger wrote NA: a run without val records
-    has no val_ values); [] when absent."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return [{key: int(value) if key == "epoch" else math.nan if value in ("NA", "") else float(value)
-                 for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
 def _trim_history(path: Path, completed_epochs: int) -> None:

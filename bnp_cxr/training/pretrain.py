@@ -28,7 +28,7 @@ import numpy as np
 
 from bnp_cxr.files import atomic_path, write_json
 from bnp_cxr.training.config import TrainConfig
-from bnp_cxr.records.schema import shard_glob
+from bnp_cxr.records.schema import has_shards
 from bnp_cxr.workspace import SPLITS, RunDir
 
 PRETRAIN_SPLITS = ("train", "val")  # never the test split
@@ -61,7 +61,7 @@ def pretrain_splits(config: TrainConfig) -> list[str]:
     """The splits of PRETRAIN_SPLITS a resolved config's records hold at its size (train always: its absence is an
     error when read; val only where made, as records for a run that keeps its last epoch may have none)."""
     return [split for split in PRETRAIN_SPLITS
-            if split == "train" or list(Path(config.records_dir).glob(shard_glob(split, config.size)))]
+            if split == "train" or has_shards(config.records_dir, split, config.size)]
 
 
 def unlabelled_images(config: TrainConfig) -> np.ndarray:
@@ -97,7 +97,7 @@ def extra_images(config: TrainConfig) -> tuple[np.ndarray, list[dict]]:
         if Path(folder).resolve() == own:
             raise ValueError(f"pretrain_extra {folder} is this run's own records folder: its test split would join "
                              "the pretraining (the train and val images are in it already)")
-        splits = [split for split in SPLITS if list(Path(folder).glob(shard_glob(split, config.size)))]
+        splits = [split for split in SPLITS if has_shards(folder, split, config.size)]
         if not splits:
             list_shards(folder, "train", config.size)  # raises FileNotFoundError naming the folder and the glob
         count = {"records_dir": str(folder), "images": 0, "left_out_test_patients": 0}
