@@ -275,16 +275,14 @@ def pretrain_minutes(run_dir: Path) -> dict:
 
 
 def same_run(document: dict, key: dict) -> bool:
-    """Whether a bench_row.json document was trained and scored as `key` asks.
-
-    The configs are compared as TrainConfigs, so an option added since (absent from the saved one) counts as
-    what that run was trained with (TrainConfig.from_json), and a finished run is not retrained, or deleted,
-    only because the config schema grew.
-    """
-    from bnp_cxr.training import TrainConfig
+    """Whether a bench_row.json document was trained and scored as `key` asks: as TrainConfigs (an option added
+    since counts as what the run had) with paths relative to the run (run_relative: another checkout's work/ too)."""
+    from bnp_cxr.training.config import TrainConfig
+    from bnp_cxr.training.run_paths import run_relative
 
     stored = document.get("config")
-    if not isinstance(stored, dict) or TrainConfig.from_json(stored) != TrainConfig.from_json(key["config"]):
+    if not isinstance(stored, dict) or run_relative(TrainConfig.from_json(stored)) != run_relative(
+            TrainConfig.from_json(key["config"])):
         return False
     return all(document.get(field) == value for field, value in key.items() if field != "config")
 

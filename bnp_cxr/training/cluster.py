@@ -18,6 +18,7 @@ from typing import Any
 
 from bnp_cxr.workspace import RunDir
 from bnp_cxr.training.config import IDENTITY_FIELDS, TrainConfig, gpus_visible
+from bnp_cxr.training.run_paths import run_relative
 
 BACKUP_DIR = RunDir.BACKUP
 
@@ -106,8 +107,12 @@ def start_strategy() -> Cluster:
 
 
 def settings_digest(config: TrainConfig, fingerprint: dict) -> int:
-    """24 bits of sha256 over what every worker must share: identity options but records_dir, epochs, data."""
-    shared = {name: getattr(config, name) for name in IDENTITY_FIELDS if name != "records_dir"}
+    """24 bits of sha256 over what every worker must share: identity options but records_dir, epochs, data.
+
+    Paths count relative to the run folder (run_relative): workers may mount a shared workspace at different paths.
+    """
+    relative = run_relative(config)
+    shared = {name: getattr(relative, name) for name in IDENTITY_FIELDS if name != "records_dir"}
     document = json.dumps({**shared, "epochs": config.epochs, "data": fingerprint.get("sha256")}, sort_keys=True,
                           default=list)
     return int(hashlib.sha256(document.encode()).hexdigest()[:6], 16)  # exact in float64 on the wire

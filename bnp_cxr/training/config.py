@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bnp_cxr.records.standardize import STANDARDIZATIONS
+from bnp_cxr.training.run_paths import rebased, run_relative
 from bnp_cxr.workspace import BACKBONE_NAMES, RECORDS_DIR, RUNS_DIR, SMALL_CNN_WIDTHS, RunDir, model_reads_px
 
 DEFAULT_RECORDS = str(RECORDS_DIR)
@@ -272,7 +273,7 @@ def make_config(options: Mapping[str, Any], *, preset: str | None = None, resume
     config = TrainConfig(**values)
     saved = config.run_path / CONFIG_FILE
     if resume and saved.is_file():
-        stored = TrainConfig.from_json(json.loads(saved.read_text()))
+        stored = rebased(TrainConfig.from_json(json.loads(saved.read_text())), config.run_path)
         config = dataclasses.replace(stored, **{**({"preset": preset} if preset else {}),
                                                **(PRESETS[preset] if preset else {}), **options, "resume": True})
     return config
@@ -375,7 +376,10 @@ def dtype_policy(config: TrainConfig) -> str:
 
 def identity_mismatches(saved: TrainConfig, current: TrainConfig) -> list[str]:
     """The identity options in which a resumed run differs from the one it continues (the pretraining's settings
-    only where either pretrains: a run without pretraining never used them)."""
+    only where either pretrains: a run without pretraining never used them). A path option matches where it is
+    the same path, or the same path relative to each config's run folder (run_relative)."""
     unused = PRETRAIN_SETTINGS if saved.pretrain == current.pretrain == "none" else ()
+    saved_relative, current_relative = run_relative(saved), run_relative(current)
     return [f"{name}: {getattr(saved, name)!r} -> {getattr(current, name)!r}" for name in IDENTITY_FIELDS
-            if name not in unused and getattr(saved, name) != getattr(current, name)]
+            if name not in unused and getattr(saved, name) != getattr(current, name)
+            and getattr(saved_relative, name) != getattr(current_relative, name)]
