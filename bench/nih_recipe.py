@@ -88,6 +88,7 @@ RECIPES: dict[str, dict] = {
     # invariance to cropping off the costophrenic angles or the thorax's edges, where effusion and the heart's
     # size relative to the chest show (MoCo-CXR, Sowrirajan et al. 2021, left random crops out)
     "pretrain_crop60": {"pretrain_min_crop": 0.6},
+    "pretrain_t0.5": {"pretrain_temperature": 0.5},  # NT-Xent at 0.5 (SimCLR's for small batches) instead of 0.2
     # the default fine-tuned with squared error on the log labs instead of the paper's L1: on a binary stand-in
     # (NIH: 2000 or 100 pg/mL) L1's optimum is the median, so a film the model is unsure of scores as a negative,
     # while L2's is the mean, which ranks films by the probability of heart-failure signs

@@ -12,7 +12,7 @@ import tensorflow as tf
 from archives import heart_records
 from bnp_cxr.models import build_model, load_model
 from bnp_cxr.training import make_config, resolve, train
-from bnp_cxr.training.config import TrainConfig
+from bnp_cxr.training.config import TrainConfig, identity_mismatches
 from bnp_cxr.training.pretrain import (PRETRAIN, PretrainConfig, contrastive_view, ensure_encoder, nt_xent,
                                        pretrain_key, run_settings, unlabelled_images, view_encoder)
 from bnp_cxr.workspace import RunDir
@@ -123,6 +123,7 @@ def test_pretraining_resolves_by_recipe(tmp_path, options, gpus, workers, pretra
     ({"pretrain_min_crop": 0}, r"pretrain_min_crop must be in \(0, 1\]"),
     ({"pretrain_min_crop": 1.5}, r"pretrain_min_crop must be in \(0, 1\]"),
     ({"pretrain_view_res": "half"}, "pretrain_view_res must be one of"),
+    ({"pretrain_temperature": 0}, r"pretrain_temperature must be in \(0, 10\]"),
 ])
 def test_bad_pretraining_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
@@ -204,7 +205,7 @@ def test_a_changed_key_pretrains_again(pretrained_run, records, tmp_path):
     ensure_encoder(config, {"sha256": "b"}, log=lines.append)  # other records: another encoder
     assert [line.split(" ")[0] for line in lines if not line.startswith("Pretraining epoch")] == [
         "Pretraining", "Pretrained", "Pretraining"]
-    changed = dataclasses.replace(PRETRAIN, temperature=0.5)
+    changed = dataclasses.replace(PRETRAIN, lr=1e-3)
     ensure_encoder(config, {"sha256": "b"}, settings=changed, log=lines.append)
     assert lines[-1].startswith("Pretraining epoch")
     milder = dataclasses.replace(config, pretrain_min_crop=0.6)  # the run's crop setting is part of the key
@@ -212,6 +213,11 @@ def test_a_changed_key_pretrains_again(pretrained_run, records, tmp_path):
     assert lines[-1].startswith("Pretraining epoch")
     assert json.loads(RunDir(config.run_path).encoder_key.read_text())["key"]["settings"]["min_crop_area"] == 0.6
     # input views keep the keys of encoders made before the option; model views are another encoder
+    hotter = dataclasses.replace(milder, pretrain_temperature=0.5)  # the loss's temperature is part of it too
+    ensure_encoder(hotter, {"sha256": "b"}, log=lines.append)
+    assert lines[-1].startswith("Pretraining epoch")
+    assert json.loads(RunDir(config.run_path).encoder_key.read_text())["key"]["settings"]["temperature"] == 0.5
+    assert identity_mismatches(milder, hotter) == ["pretrain_temperature: 0.2 -> 0.5"]
     inputs, models = (dataclasses.replace(milder, pretrain_view_res=res) for res in ("input", "model"))
     assert "view_res" not in pretrain_key(inputs, {"sha256": "b"}, run_settings(inputs))["settings"]
     for made in (inputs, models, inputs):

@@ -118,6 +118,9 @@ def _add_pretrain_arguments(options, d: TrainConfig) -> None:
     options.add_argument("--pretrain-min-crop", type=float, metavar="FRACTION",
                          help="the smallest share of an image's area a pretraining view crops (default: "
                               f"{d.pretrain_min_crop})")
+    options.add_argument("--pretrain-temperature", type=float, metavar="T",
+                         help="the contrastive loss's (NT-Xent) temperature: lower weighs the hardest negatives of a "
+                              f"batch more (default: {d.pretrain_temperature})")
     options.add_argument("--pretrain-view-res", choices=PRETRAIN_VIEW_RESOLUTIONS,
                          help="the pretraining views' resolution: input = --size px, area-averaged to --model-px "
                               "inside the model as the training images are; model = cropped from the --size images "

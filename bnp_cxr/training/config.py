@@ -75,12 +75,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 SAVED_BEFORE_WIDTHS = (24, 48, 96, 160)
 SAVED_BEFORE_OPTIONS = {"standardize": "none", "keep": "best", "members": 1, "site_augment": False, "pretrain": "none",
                         "train_on_val": False, "pretrain_view_res": "input"}
-PRETRAIN_SETTINGS = ("pretrain_epochs", "pretrain_min_crop", "pretrain_view_res", "pretrain_extra")
+PRETRAIN_SETTINGS = ("pretrain_epochs", "pretrain_min_crop", "pretrain_view_res", "pretrain_extra",
+                     "pretrain_temperature")
 # Options that define what a run learns: a resumed run must keep them (epochs may grow).
 IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "optimizer", "lr", "weight_decay",
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
                    "site_augment", "standardize", "loss", "loss_weights", "dropout", "keep", "members", "model_px",
                    "widths", "pretrain", "pretrain_epochs", "pretrain_min_crop", "pretrain_view_res", "pretrain_extra",
+                   "pretrain_temperature",
                    "finding_loss_weight", "mixup", "rank_loss_weight", "train_on_val")
 
 
@@ -133,6 +135,7 @@ class TrainConfig:
     pretrain_epochs: int = 60  # passes over the train and val images and any pretrain_extra (training.pretrain)
     pretrain_min_crop: float = 0.35  # a view is a random crop of at least this fraction of the image's area
     pretrain_view_res: str = "model"  # the views' resolution (PRETRAIN_VIEW_RESOLUTIONS)
+    pretrain_temperature: float = 0.2  # NT-Xent's temperature: lower weighs the hardest negatives of a batch more
     # records folders of other radiographs (every split, labels unread) that join the pretraining's own train and
     # val images: an archive's films without lab results; images of this run's test patients are left out
     pretrain_extra: tuple[str, ...] = ()
@@ -208,6 +211,8 @@ class TrainConfig:
             problems.append(f"pretrain must be one of {PRETRAIN_METHODS}, got {self.pretrain!r}")
         elif self.pretrain not in (None, "none") and self.weights == "imagenet":
             problems.append(f"pretrain {self.pretrain} makes the starting weights: it cannot start from imagenet")
+        if not 0 < self.pretrain_temperature <= 10:
+            problems.append(f"pretrain_temperature must be in (0, 10], got {self.pretrain_temperature}")
         if not 0 < self.pretrain_min_crop <= 1:
             problems.append(f"pretrain_min_crop must be in (0, 1], got {self.pretrain_min_crop}")
         if self.pretrain_view_res not in PRETRAIN_VIEW_RESOLUTIONS:

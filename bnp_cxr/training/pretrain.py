@@ -40,7 +40,7 @@ class PretrainConfig:
     epochs is the run's TrainConfig.pretrain_epochs)."""
 
     batch_size: int = 128  # images per step (2x views); smaller sets use all their images in one batch
-    temperature: float = 0.2
+    temperature: float = TrainConfig.pretrain_temperature  # (run_settings puts the run's in)
     lr: float = 2e-3
     # a random crop of at least this fraction of the image, resized back (run_settings puts the run's in)
     min_crop_area: float = TrainConfig.pretrain_min_crop
@@ -276,8 +276,9 @@ def pretrain_key(config: TrainConfig, data: dict, settings: PretrainConfig = PRE
 
 
 def run_settings(config: TrainConfig, settings: PretrainConfig = PRETRAIN) -> PretrainConfig:
-    """The settings with the run's own choices of them put in (its smallest crop, its views' resolution)."""
-    return dataclasses.replace(settings, min_crop_area=config.pretrain_min_crop, view_res=config.pretrain_view_res)
+    """The settings with the run's own choices of them put in (its smallest crop, views' resolution, temperature)."""
+    return dataclasses.replace(settings, min_crop_area=config.pretrain_min_crop, view_res=config.pretrain_view_res,
+                               temperature=config.pretrain_temperature)
 
 
 def ensure_encoder(config: TrainConfig, data: dict, *, workers: int = 1, settings: PretrainConfig = PRETRAIN,
