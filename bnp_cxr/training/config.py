@@ -82,8 +82,7 @@ IDENTITY_FIELDS = ("records_dir", "size", "backbone", "weights", "batch_size", "
                    "momentum", "schedule", "warmup_epochs", "mixed_precision", "sync_batchnorm", "seed", "augment",
                    "site_augment", "standardize", "loss", "loss_weights", "dropout", "keep", "members", "model_px",
                    "widths", "pretrain", "pretrain_epochs", "pretrain_min_crop", "pretrain_view_res", "pretrain_extra",
-                   "pretrain_temperature",
-                   "finding_loss_weight", "mixup", "rank_loss_weight", "train_on_val")
+                   "pretrain_temperature", "finding_loss_weight", "mixup", "rank_loss_weight", "train_on_val")
 
 
 @dataclass(frozen=True)
