@@ -84,6 +84,12 @@ def test_settings_digest_covers_what_workers_share():
     # Each machine may mount the records elsewhere; the data fingerprint stands for their content.
     assert settings_digest(dataclasses.replace(base, records_dir="/mnt/b"), fingerprint) == digest
     assert settings_digest(dataclasses.replace(base, xla=True), fingerprint) == digest
+    # A --weights file in the shared workspace, mounted at /mnt/b on one worker and /shared on the other.
+    mounted = [dataclasses.replace(base, run_dir=f"{root}/runs/r", weights=f"{root}/start.keras")
+               for root in ("/mnt/b", "/shared")]
+    assert settings_digest(mounted[0], fingerprint) == settings_digest(mounted[1], fingerprint)
+    assert settings_digest(dataclasses.replace(mounted[1], weights="/shared/other.keras"), fingerprint) != (
+        settings_digest(mounted[0], fingerprint))
     for changed in ({"lr": 0.5}, {"epochs": 3}, {"batch_size": 16}, {"mixed_precision": "bfloat16"},
                     {"optimizer": "adamw"}, {"optimizer": "sgd", "momentum": 0.9}):
         assert settings_digest(dataclasses.replace(base, **changed), fingerprint) != digest, changed
