@@ -212,12 +212,13 @@ def test_a_changed_key_pretrains_again(pretrained_run, records, tmp_path):
     ensure_encoder(milder, {"sha256": "b"}, log=lines.append)
     assert lines[-1].startswith("Pretraining epoch")
     assert json.loads(RunDir(config.run_path).encoder_key.read_text())["key"]["settings"]["min_crop_area"] == 0.6
-    # input views keep the keys of encoders made before the option; model views are another encoder
     hotter = dataclasses.replace(milder, pretrain_temperature=0.5)  # the loss's temperature is part of it too
     ensure_encoder(hotter, {"sha256": "b"}, log=lines.append)
     assert lines[-1].startswith("Pretraining epoch")
     assert json.loads(RunDir(config.run_path).encoder_key.read_text())["key"]["settings"]["temperature"] == 0.5
-    assert identity_mismatches(milder, hotter) == ["pretrain_temperature: 0.2 -> 0.5"]
+    assert run_settings(hotter).temperature == 0.5 and identity_mismatches(milder, hotter) == [
+        "pretrain_temperature: 0.2 -> 0.5"]
+    # input views keep the keys of encoders made before the option; model views are another encoder
     inputs, models = (dataclasses.replace(milder, pretrain_view_res=res) for res in ("input", "model"))
     assert "view_res" not in pretrain_key(inputs, {"sha256": "b"}, run_settings(inputs))["settings"]
     for made in (inputs, models, inputs):
