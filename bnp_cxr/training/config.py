@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bnp_cxr.records.standardize import STANDARDIZATIONS
-from bnp_cxr.training.run_paths import rebased, run_relative
+from bnp_cxr.training.run_paths import NOT_PATHS, rebased, run_relative
 from bnp_cxr.workspace import BACKBONE_NAMES, RECORDS_DIR, RUNS_DIR, SMALL_CNN_WIDTHS, RunDir, model_reads_px
 
 DEFAULT_RECORDS = str(RECORDS_DIR)
@@ -295,7 +295,7 @@ def resolve(config: TrainConfig, n_gpus: int, n_workers: int = 1) -> tuple[Train
     notes = []
     changes: dict[str, Any] = {"records_dir": os.path.abspath(config.records_dir),
                                "run_dir": os.path.abspath(config.run_path)}
-    if config.weights not in (None, "imagenet"):
+    if config.weights not in NOT_PATHS:
         changes["weights"] = os.path.abspath(config.weights)
     if config.backbone is None:
         if n_gpus:

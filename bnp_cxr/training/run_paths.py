@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from bnp_cxr.training.config import TrainConfig
 
 PATH_FIELDS = ("records_dir", "weights", "pretrain_extra")  # the options that name files or folders (a tuple: extra)
-NOT_PATHS = (None, "imagenet")
+NOT_PATHS = (None, "imagenet")  # values of weights that name no file
 
 
 def _map_paths(config: TrainConfig, change: Callable[[str], str], **more) -> TrainConfig:
