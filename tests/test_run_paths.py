@@ -6,9 +6,10 @@ import shutil
 import pytest
 
 from archives import heart_records
+from bnp_cxr.evaluation.evaluate import evaluate_run, read_run_config
 from bnp_cxr.training import make_config, train
 from bnp_cxr.training.config import TrainConfig, identity_mismatches
-from bnp_cxr.training.run_paths import rebased, run_relative
+from bnp_cxr.training.run_paths import rebased, rebased_json, run_relative
 from bnp_cxr.workspace import RunDir
 
 SIZE = 64
@@ -53,6 +54,19 @@ def test_rebased_moves_each_path_that_exists_beside_the_new_run_folder(tmp_path)
     assert rebased(saved, "/gone/ws/runs/r") is saved
 
 
+def test_a_moved_run_folder_reads_its_config_with_the_paths_that_moved_with_it(tmp_path):
+    (tmp_path / "ws" / "records").mkdir(parents=True)
+    run = tmp_path / "ws" / "runs" / "r"
+    run.mkdir(parents=True)
+    saved = config_under("/gone/ws", size=SIZE).to_json()
+    (run / "config.json").write_text(json.dumps(saved))
+    read = read_run_config(run)
+    assert (read["records_dir"], read["weights"], read["pretrain_extra"]) == (
+        str(tmp_path / "ws" / "records"), saved["weights"], saved["pretrain_extra"])
+    assert rebased_json(saved, "/gone/ws/runs/r") is saved
+    assert rebased_json({**saved, "run_dir": None}, run) == {**saved, "run_dir": None}
+
+
 def test_a_pretrained_ensemble_resumes_after_its_workspace_moved(tmp_path):
     """Train with the CPU recipe's pretraining and two members, move the folder, resume with more epochs."""
     workspace, archive = tmp_path / "ws", tmp_path / "archive"
@@ -67,6 +81,8 @@ def test_a_pretrained_ensemble_resumes_after_its_workspace_moved(tmp_path):
     moved = tmp_path / "moved"
     shutil.move(workspace, moved)
     run = RunDir(moved / "runs" / "run")
+    evaluate_run(run.path, n_boot=1000)  # the test records from config.json, found where they moved
+    assert run.predictions.is_file()
     lines = []  # only the run folder and the new length: the rest comes from its config.json, rebased
     result = train(make_config({"run_dir": str(run.path), "size": SIZE, "epochs": 2}, resume=True), verbose=0,
                    log=lines.append)

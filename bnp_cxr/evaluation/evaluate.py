@@ -20,6 +20,7 @@ from bnp_cxr.evaluation import metrics
 from bnp_cxr.evaluation.report import REPORT_HTML, REPORT_MD, write_report
 from bnp_cxr.data.labs import PositivityThresholds
 from bnp_cxr.records.standardize import run_standardization
+from bnp_cxr.training.run_paths import rebased_json
 from bnp_cxr.workspace import RECORDS_DIR, RunDir
 
 PREDICTION_COLUMNS = ("image_id", "patient_id", "true_log10_bnp", "pred_log10_bnp", "true_log10_bnpp",
@@ -74,14 +75,14 @@ def predict_split(model, records_dir: str | os.PathLike, split: str, size: int, 
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict:
-    """The run's config.json (needs "size")."""
+    """The run's config.json (needs "size"), its paths rebased where the run folder was moved with them."""
     path = RunDir(run_dir).config
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a training run folder (tools/train.py)?")
     config = json.loads(path.read_text())
     if "size" not in config:
         raise ValueError(f"{path} has no 'size'")
-    return config
+    return rebased_json(config, run_dir)
 
 
 def _model_path(run_dir: Path) -> Path:

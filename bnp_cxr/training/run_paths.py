@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from bnp_cxr.training.config import TrainConfig
@@ -36,15 +36,36 @@ def run_relative(config: TrainConfig) -> TrainConfig:
     return _map_paths(config, lambda path: os.path.relpath(os.path.abspath(path), run), run_dir=".")
 
 
-def rebased(saved: TrainConfig, run_path: str | os.PathLike) -> TrainConfig:
-    """A saved config's paths for its run folder now at run_path: each path moved with the folder where it exists
-    there (the workspace was moved or copied whole, e.g. to another server), else as saved."""
-    old_run, new_run = os.path.abspath(saved.run_path), os.path.abspath(run_path)
+def _mover(saved_run: str | os.PathLike, run_path: str | os.PathLike) -> Callable[[str], str] | None:
+    """path -> the same path moved with the run folder where that exists, else as saved; None: not moved."""
+    old_run, new_run = os.path.abspath(saved_run), os.path.abspath(run_path)
     if old_run == new_run:
-        return saved
+        return None
 
     def moved(path: str) -> str:
         candidate = os.path.normpath(os.path.join(new_run, os.path.relpath(os.path.abspath(path), old_run)))
         return candidate if os.path.exists(candidate) else path
 
-    return _map_paths(saved, moved)
+    return moved
+
+
+def rebased(saved: TrainConfig, run_path: str | os.PathLike) -> TrainConfig:
+    """A saved config's paths for its run folder now at run_path: each path moved with the folder where it exists
+    there (the workspace was moved or copied whole, e.g. to another server), else as saved."""
+    moved = _mover(saved.run_path, run_path)
+    return saved if moved is None else _map_paths(saved, moved)
+
+
+def rebased_json(values: dict[str, Any], run_path: str | os.PathLike) -> dict[str, Any]:
+    """A run's config.json values with their paths rebased as rebased() does (as saved when it names no run_dir)."""
+    moved = _mover(values["run_dir"], run_path) if values.get("run_dir") else None
+    if moved is None:
+        return values
+    changes = {}
+    for name in PATH_FIELDS:
+        value = values.get(name)
+        if isinstance(value, list):
+            changes[name] = [moved(path) for path in value]
+        elif isinstance(value, str) and value not in NOT_PATHS:
+            changes[name] = moved(value)
+    return {**values, **changes}
