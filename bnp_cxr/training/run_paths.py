@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
     from bnp_cxr.training.config import TrainConfig
@@ -14,15 +14,21 @@ PATH_FIELDS = ("records_dir", "weights", "pretrain_extra")  # the options that n
 NOT_PATHS = (None, "imagenet")  # values of weights that name no file
 
 
-def _map_paths(config: TrainConfig, change: Callable[[str], str], **more) -> TrainConfig:
-    """The config with change() applied to every path of PATH_FIELDS (each of a tuple's)."""
+def _changed_paths(values: Mapping[str, Any], change: Callable[[str], str]) -> dict[str, Any]:
+    """{name: change(path)} for every path of PATH_FIELDS in values (each of a tuple's or a JSON list's)."""
     changes = {}
     for name in PATH_FIELDS:
-        value = getattr(config, name)
-        if isinstance(value, tuple):
-            changes[name] = tuple(change(path) for path in value)
+        value = values.get(name)
+        if isinstance(value, (tuple, list)):
+            changes[name] = type(value)(change(path) for path in value)
         elif value not in NOT_PATHS:
             changes[name] = change(value)
+    return changes
+
+
+def _map_paths(config: TrainConfig, change: Callable[[str], str], **more) -> TrainConfig:
+    """The config with change() applied to every path of PATH_FIELDS (each of a tuple's)."""
+    changes = _changed_paths({name: getattr(config, name) for name in PATH_FIELDS}, change)
     return dataclasses.replace(config, **changes, **more)
 
 
@@ -59,13 +65,4 @@ def rebased(saved: TrainConfig, run_path: str | os.PathLike) -> TrainConfig:
 def rebased_json(values: dict[str, Any], run_path: str | os.PathLike) -> dict[str, Any]:
     """A run's config.json values with their paths rebased as rebased() does (as saved when it names no run_dir)."""
     moved = _mover(values["run_dir"], run_path) if values.get("run_dir") else None
-    if moved is None:
-        return values
-    changes = {}
-    for name in PATH_FIELDS:
-        value = values.get(name)
-        if isinstance(value, list):
-            changes[name] = [moved(path) for path in value]
-        elif isinstance(value, str) and value not in NOT_PATHS:
-            changes[name] = moved(value)
-    return {**values, **changes}
+    return values if moved is None else {**values, **_changed_paths(values, moved)}
