@@ -74,10 +74,15 @@ def global_pool(model):
     return keras.Model(model.input, model.get_layer(POOL_NAME).output)
 
 
-def lung_encoder(unet):
+def lung_encoder(lung_model_path: Path, size: int):
     """The lung U-Net's contracting path: the global average of each level's last activation, concatenated."""
     import keras
 
+    from bnp_cxr.lungs import load_lung_model
+
+    unet = load_lung_model(lung_model_path)
+    if unet.input_shape[1] != size:
+        raise ValueError(f"{lung_model_path}: the lung U-Net reads {unet.input_shape[1]} px, the records are {size} px")
     names = [layer.name for layer in unet.layers if re.fullmatch(r"(down\d+|bottleneck)_relu2", layer.name)]
     if not names:
         raise ValueError(f"{unet.name}: no down<k>_relu2 / bottleneck_relu2 layers; not a bnp_cxr.lungs U-Net")
@@ -106,20 +111,16 @@ def probe_auc(features_model, records: Path, size: int, standardize: str) -> flo
     return float(roc_auc_score(test_y, scores))
 
 
-def lung_probe_row(lung_model_path: Path, run_dir: Path, records: Path, size: int) -> dict:
+def lung_probe_row(lung_features, run_dir: Path, records: Path, size: int) -> dict:
     """The lung U-Net encoder's probe AUC, the run's ensemble AUC and the AUC of their equal-weight rank average."""
     import pandas as pd
     from scipy.stats import rankdata
     from sklearn.metrics import roc_auc_score
 
-    from bnp_cxr.lungs import load_lung_model
     from bnp_cxr.workspace import RunDir
 
-    unet = load_lung_model(lung_model_path)
-    if unet.input_shape[1] != size:
-        raise ValueError(f"{lung_model_path}: the lung U-Net reads {unet.input_shape[1]} px, the records are {size} px")
     # 'none': the [0, 1] window the U-Net was trained on (bnp_cxr.lungs.data.prepare_pair)
-    test_ids, test_y, scores = probe_scores(lung_encoder(unet), records, size, "none")
+    test_ids, test_y, scores = probe_scores(lung_features, records, size, "none")
     predictions = pd.read_csv(RunDir(run_dir).predictions).set_index("image_id").loc[test_ids]
     if not (predictions["positive"].to_numpy() == test_y).all():
         raise ValueError(f"{run_dir}: predictions.csv labels differ from the records' test labels")
@@ -129,7 +130,7 @@ def lung_probe_row(lung_model_path: Path, run_dir: Path, records: Path, size: in
             "rank_fused_auc": float(roc_auc_score(test_y, rankdata(ensemble) + rankdata(scores)))}
 
 
-def fold_rows(run_dir: Path, fold: int, lung_model_path: Path | None) -> list[dict]:
+def fold_rows(run_dir: Path, fold: int, lung_features) -> list[dict]:
     """One row per frozen network of a fold's run: its kind, seed or member, probe AUC (and member AUC)."""
     import keras
 
@@ -155,8 +156,8 @@ def fold_rows(run_dir: Path, fold: int, lung_model_path: Path | None) -> list[di
         member = load_model(RunDir(run_dir).member(index).model)
         rows.append({"kind": "finetuned_member", "member": index, "member_auc": member_auc,
                      "probe_auc": probe_auc(global_pool(member), records, size, standardize)})
-    if lung_model_path is not None:
-        rows.append(lung_probe_row(lung_model_path, run_dir, records, size))
+    if lung_features is not None:
+        rows.append(lung_probe_row(lung_features, run_dir, records, size))
     return [{"fold": fold, "size_px": size, **row} for row in rows]
 
 
@@ -186,10 +187,10 @@ def main() -> None:
     parser.add_argument("--no-lung-model", dest="lung", action="store_false", help="leave the lung U-Net out")
     parser.add_argument("--name", default="nih_linear_probe", help="result file bench/results/NAME.json")
     args = parser.parse_args()
-    lung_model_path = None
+    lung_features = None  # the U-Net's feature model, built once for every fold
     if args.lung:
-        lung_model_path = lung_model(args.lung_model or REPO / WORK_DIR / "lungs" / f"unet{args.size}.keras",
-                                     args.size, LUNG_EPOCHS)
+        lung_features = lung_encoder(lung_model(args.lung_model or REPO / WORK_DIR / "lungs" / f"unet{args.size}.keras",
+                                                args.size, LUNG_EPOCHS), args.size)
     rows = []
     for fold in args.folds:
         run_dir = args.work / "runs" / args.recipe / f"size{args.size}_fold{fold}_seed0"
@@ -197,7 +198,7 @@ def main() -> None:
             sys.exit(f"error: no finished run at {run_dir}; run bench/nih_recipe.py --size {args.size} "
                      f"--folds {fold} --recipes {args.recipe} first")
         started = time.perf_counter()
-        rows.extend(fold_rows(run_dir, fold, lung_model_path))
+        rows.extend(fold_rows(run_dir, fold, lung_features))
         print(f"fold {fold}: {len(rows)} probes so far, {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     report(args.name, {"recipe": args.recipe, "probe": "sklearn LogisticRegressionCV (L2, Cs=10, 5-fold CV on "
                        "train, roc_auc) on standardised global_pool features; test AUC of the heart-failure label",
